@@ -1,0 +1,216 @@
+"""The one interface every vector store implements.
+
+A backend is one module in this package with one ``Connector`` subclass,
+registered by URI scheme in ``connectors/__init__.py``. Everything above this
+layer (sampling for training, the streamed rewrite, cutover, reports) is
+written once against these methods.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import DataError
+from .uri import CollectionURI
+
+METRICS = ("cosine", "dot", "l2")
+
+
+@dataclass
+class Batch:
+    """A batch of points: ids, float32 vectors (n, d), and what travels with them.
+
+    ``payloads`` are the engine's own per-point fields, copied untouched
+    (Qdrant payload, Chroma metadata, the non-vector columns of a Postgres
+    row). ``documents`` is Chroma's document string per point, else ``None``.
+    """
+
+    ids: list
+    vectors: np.ndarray
+    payloads: list[dict]
+    documents: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def texts(self, field_name: str) -> list:
+        """The text stored with each point under ``field_name`` (None where absent)."""
+        if field_name == "document" and self.documents is not None:
+            return list(self.documents)
+        return [p.get(field_name) if isinstance(p, dict) else None for p in self.payloads]
+
+    def replace_vectors(self, vectors: np.ndarray) -> "Batch":
+        return Batch(self.ids, vectors, self.payloads, self.documents)
+
+
+@dataclass
+class CollectionInfo:
+    """What ``describe()`` reports about a collection."""
+
+    engine: str
+    name: str
+    count: int
+    dim: int
+    metric: str  # one of METRICS
+    id_type: str  # "int", "uuid" or "str"
+    vector_name: str | None = None  # Qdrant named vector; Postgres vector column
+    payload_fields: list[str] = field(default_factory=list)
+    text_fields: list[str] = field(default_factory=list)
+    # engine-specific settings that create_like copies: HNSW parameters,
+    # payload indexes, pgvector opclass/index definition, vector type ...
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Cursor = Any  # JSON-serialisable scan position: engine-specific (last id, offset ...)
+
+
+class Connector(ABC):
+    """One collection on one store.
+
+    Subclasses set ``engine`` and implement the abstract methods. Instances
+    are cheap; connections are opened lazily and shared per store where the
+    engine requires it (a Qdrant ``path=`` store opens in one client at a time).
+    """
+
+    engine: str = ""
+
+    def __init__(self, uri: CollectionURI):
+        self.uri = uri
+        self.name = uri.collection
+
+    # --- reading -------------------------------------------------------------
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether this collection exists."""
+
+    @abstractmethod
+    def describe(self) -> CollectionInfo:
+        """Count, dimension, metric, id type, fields. NotFoundError if missing."""
+
+    @abstractmethod
+    def sample(self, n: int, seed: int = 0) -> Batch:
+        """A uniform random sample of min(n, count) points, without replacement."""
+
+    @abstractmethod
+    def scan(self, batch_size: int, after: Cursor = None) -> Iterator[tuple[Batch, Cursor]]:
+        """Stream the whole collection in a stable order, in constant memory.
+
+        Yields ``(batch, cursor)``; passing ``cursor`` back as ``after``
+        resumes right after that batch, in a new process too.
+        """
+
+    def count(self) -> int:
+        return self.describe().count
+
+    # --- writing the target -----------------------------------------------
+    @abstractmethod
+    def create_like(self, source: CollectionInfo, dim: int, *, if_exists: str = "error") -> None:
+        """Create this collection with ``source``'s metric, index settings and
+        payload indexes, for vectors of ``dim``.
+
+        ``if_exists``: "error" (ConflictError naming the fix), "resume" (keep
+        it and its points; check the dimension matches) or "replace" (drop and
+        recreate).
+        """
+
+    @abstractmethod
+    def write(self, batch: Batch) -> None:
+        """Idempotent upsert of ids, vectors and untouched payloads/documents."""
+
+    def finish_write(self) -> None:
+        """Called once after the bulk load (Postgres builds its index here)."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete this collection (used for targets and explicit cleanup only)."""
+
+    # --- cutover --------------------------------------------------------------
+    @abstractmethod
+    def cutover(self, live_name: str) -> dict:
+        """Make this collection serve under ``live_name`` (atomic where the
+        engine allows it). Returns a JSON-serialisable record that
+        ``rollback`` takes to undo it; the previous collection is kept."""
+
+    @abstractmethod
+    def rollback(self, record: dict) -> None:
+        """Undo ``cutover`` from its record: ``live_name`` serves the old collection again."""
+
+    def close(self) -> None:
+        """Release connections (idempotent)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def as_float32(vectors, dim: int | None = None, *, what: str = "vectors") -> np.ndarray:
+    """Validate a vector batch: 2-D, finite, of the expected dimension."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1 and arr.size == 0:
+        arr = arr.reshape(0, dim or 0)
+    if arr.ndim != 2:
+        raise DataError(f"{what} must be a 2-D array (n, dim), got shape {arr.shape}",
+                        "pass one vector per row")
+    if dim is not None and arr.shape[1] != dim:
+        raise DataError(f"{what} have dimension {arr.shape[1]} but the collection expects {dim}",
+                        "translate to the target model's dimension, or create the target for "
+                        f"dimension {arr.shape[1]}")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise DataError(f"{bad} of {len(arr)} {what} contain NaN or inf",
+                        "clean or drop those points in the source before migrating")
+    return arr
+
+
+def check_batch(batch: Batch, dim: int) -> Batch:
+    """The checks every ``write`` runs before touching the store."""
+    vectors = as_float32(batch.vectors, dim)
+    if len(batch.ids) != len(vectors) or len(batch.payloads) != len(vectors):
+        raise DataError(f"batch has {len(batch.ids)} ids, {len(vectors)} vectors and "
+                        f"{len(batch.payloads)} payloads", "pass one id and one payload per vector")
+    if len(set(map(str, batch.ids))) != len(batch.ids):
+        raise DataError("batch contains duplicate ids", "deduplicate ids before writing")
+    return Batch(list(batch.ids), vectors, batch.payloads, batch.documents)
+
+
+def reservoir_sample(stream: Iterator[Batch], n: int, seed: int) -> Batch:
+    """Uniform sample of n points from a stream of batches in one pass (Algorithm R,
+    vectorised per batch), for engines that cannot sample server-side."""
+    rng = np.random.default_rng(seed)
+    ids: list = []
+    vecs: list = []
+    pays: list = []
+    docs: list = []
+    has_docs = False
+    seen = 0
+    for batch in stream:
+        has_docs = has_docs or batch.documents is not None
+        for i in range(len(batch)):
+            doc = batch.documents[i] if batch.documents is not None else None
+            if seen < n:
+                ids.append(batch.ids[i]); vecs.append(batch.vectors[i])
+                pays.append(batch.payloads[i]); docs.append(doc)
+            else:
+                j = int(rng.integers(0, seen + 1))
+                if j < n:
+                    ids[j] = batch.ids[i]; vecs[j] = batch.vectors[i]
+                    pays[j] = batch.payloads[i]; docs[j] = doc
+            seen += 1
+    dim = vecs[0].shape[0] if vecs else 0
+    return Batch(ids, np.asarray(vecs, dtype=np.float32).reshape(len(vecs), dim), pays,
+                 docs if has_docs else None)
+
+
+def retry_delays(attempts: int = 5, base: float = 0.5, cap: float = 8.0):
+    """Exponential backoff delays for bounded retries."""
+    return [min(cap, base * math.pow(2, i)) for i in range(attempts)]
