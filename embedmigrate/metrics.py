@@ -107,3 +107,91 @@ def score_shift(old_scores: np.ndarray, new_scores: np.ndarray) -> dict:
     return {"old_quantiles": dict(zip(map(str, qs), np.quantile(old_scores, qs).tolist())),
             "new_quantiles": dict(zip(map(str, qs), np.quantile(new_scores, qs).tolist())),
             "mean_shift": float(np.mean(new_scores) - np.mean(old_scores))}
+
+
+# --- Per-point values and score mapping (used by the quality report) ---------
+
+def overlap_per_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a_i ∩ b_i| / k for each row of two (n, k) index arrays (the values
+    ``overlap_at_k`` averages; the report plots their histogram)."""
+    k = a.shape[1]
+    return np.array([len(set(x) & set(y)) / k for x, y in zip(a.tolist(), b.tolist())],
+                    dtype=np.float64)
+
+
+def neighbourhood_overlap_per_point(old: np.ndarray, translated: np.ndarray, k: int = 10,
+                                    metric: str = "cosine", max_points: int = 2000,
+                                    seed: int = 0) -> np.ndarray:
+    """``neighbourhood_overlap`` before averaging: one value per sampled point
+    (same sample, so the mean equals ``neighbourhood_overlap``)."""
+    n = len(old)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(n, size=min(n, max_points), replace=False) if n > max_points else np.arange(n)
+    nb_old = top_k(old[idx], old, k + 1, metric)[:, 1:]
+    nb_new = top_k(translated[idx], translated, k + 1, "cosine")[:, 1:]
+    return overlap_per_row(nb_old, nb_new)
+
+
+def top_k_scores(queries: np.ndarray, docs: np.ndarray, idx: np.ndarray,
+                 metric: str = "cosine") -> np.ndarray:
+    """The scores a search engine would show for the hits ``idx`` (n, k):
+    cosine similarity, dot product, or Euclidean distance for ``l2``."""
+    q = np.asarray(queries, dtype=np.float32)
+    d = np.asarray(docs, dtype=np.float32)
+    if metric == "cosine":
+        q, d = normalise(q), normalise(d)
+    hits = d[idx]  # (n, k, dim)
+    if metric == "l2":
+        return np.linalg.norm(hits - q[:, None, :], axis=2)
+    return np.einsum("nd,nkd->nk", q, hits)
+
+
+def threshold_mapping(old_scores: np.ndarray, new_scores: np.ndarray,
+                      old_thresholds) -> np.ndarray:
+    """Quantile matching: the new-space score that cuts off the same fraction
+    of hits as each old threshold did (monotone non-decreasing in the old
+    threshold, because both empirical quantile functions are)."""
+    old_sorted = np.sort(np.asarray(old_scores, dtype=np.float64).ravel())
+    fractions = np.searchsorted(old_sorted, np.asarray(old_thresholds, dtype=np.float64),
+                                side="right") / max(len(old_sorted), 1)
+    return np.quantile(np.asarray(new_scores, dtype=np.float64).ravel(), np.clip(fractions, 0, 1))
+
+
+def distribution_match(translated: np.ndarray, new_sample: np.ndarray, max_points: int = 1000,
+                       seed: int = 0) -> dict:
+    """Label-free: do translated vectors land where real new-model vectors live?
+
+    Nearest-neighbour cosine of translated points into a fresh new-model
+    sample (precision), and of new-model points into the translated set
+    (coverage), each divided by the same statistic for new-model points among
+    other new-model points. About 1 when the translation matches the new
+    model's distribution; far below 1 for a misaligned or collapsed map.
+    """
+    rng = np.random.default_rng(seed)
+    new, tr = normalise(new_sample), normalise(translated)
+    # disjoint query / reference rows on each side, references of equal size
+    nq = min(max_points, len(new) // 2, len(tr) // 2)
+    m = min(len(new) - nq, len(tr) - nq)
+    pn, pt = rng.permutation(len(new)), rng.permutation(len(tr))
+    new_q, new_ref = new[pn[:nq]], new[pn[nq:nq + m]]
+    tr_q, tr_ref = tr[pt[:nq]], tr[pt[nq:nq + m]]
+
+    def nn_cos(q, d):
+        return float(np.mean(np.max(q @ d.T, axis=1)))
+
+    natural = nn_cos(new_q, new_ref)
+    precision = nn_cos(tr_q, new_ref) / natural
+    coverage = nn_cos(new_q, tr_ref) / natural
+    return {"precision": precision, "coverage": coverage, "natural_nn_cos": natural,
+            "score": min(precision, coverage)}
+
+
+def true_ranks(pred: np.ndarray, true: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``rank_metrics`` before averaging: the rank (1 = best) of each true
+    vector among the true vectors of its block of ``chunk``."""
+    pred, true = normalise(pred), normalise(true)
+    ranks = [np.zeros(0, dtype=np.int64)]
+    for s in range(0, len(pred), chunk):
+        sims = pred[s:s + chunk] @ true[s:s + chunk].T
+        ranks.append(1 + np.sum(sims > np.diag(sims)[:, None], axis=1))
+    return np.concatenate(ranks)
