@@ -110,6 +110,11 @@ class Connector(ABC):
     def count(self) -> int:
         return self.describe().count
 
+    def fetch(self, ids: list) -> Batch:
+        """The points with these ids, in this order (ids that do not exist are
+        left out). Used to compare written target points with their source."""
+        raise NotImplementedError(f"{type(self).__name__}.fetch")
+
     # --- writing the target -----------------------------------------------
     @abstractmethod
     def create_like(self, source: CollectionInfo, dim: int, *, if_exists: str = "error") -> None:

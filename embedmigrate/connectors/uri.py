@@ -51,6 +51,11 @@ class CollectionURI:
     def with_collection(self, name: str) -> "CollectionURI":
         return replace(self, collection=name, raw=_rebuild(self, name))
 
+    def without_password(self) -> str:
+        """The URI with no password at all: what plans and state files store
+        (the password comes from PGPASSWORD / .pgpass / the engine's env at run time)."""
+        return _rebuild(replace(self, password=None), self.collection)
+
     def redacted(self) -> str:
         """The URI with any password removed: safe to print, log or store."""
         return _rebuild(self, self.collection, redact=True)

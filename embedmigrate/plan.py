@@ -1,0 +1,275 @@
+"""The plan: one human-editable TOML file that says exactly what a migration will do.
+
+``embedmigrate plan`` writes it (with comments); every later command reads it.
+It never holds a password: URIs are stored redacted and credentials come from
+the environment (PGPASSWORD, QDRANT_API_KEY, ...) at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class SourceSection:
+    uri: str = ""
+    count: int = 0
+    dim: int = 0
+    metric: str = "cosine"
+    text_field: str = ""  # stored text of each point ("" = none): enables pairs
+
+
+@dataclass
+class TargetSection:
+    uri: str = ""
+    live_name: str = ""  # the name the application queries; cutover points it at the target
+
+
+@dataclass
+class ModelSection:
+    new: str = ""  # encoder spec of the new model (see embedmigrate.encoders)
+    old: str = ""  # optional encoder of the old model: enables query-text checks
+
+
+@dataclass
+class SampleSection:
+    old: int = 20000  # old-model vectors sampled from the source
+    new: int = 20000  # texts embedded with the new model
+    texts: str = ""  # file of fresh texts for the new model ("" = use source text_field)
+    text_column: str = ""  # column/field inside that file (jsonl/csv/parquet)
+    pairs: int = 0  # stored texts of sampled points re-encoded: paired training data
+    holdout: int = 0  # of those pairs, kept out of training to measure the translator
+    seed: int = 0
+
+
+@dataclass
+class TrainSection:
+    method: str = "auto"
+    checkpoint: str = ""
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ApplySection:
+    batch_size: int = 1024
+    workers: int = 1
+    if_exists: str = "error"  # target exists at the first apply: error | resume | replace
+
+
+@dataclass
+class GateSection:
+    """Thresholds of the quality gate (see embedmigrate.report.Thresholds)."""
+    thresholds: dict = field(default_factory=dict)
+    sample: int = 2000  # points of the collection the report measures on
+    queries: str = ""  # optional file of query texts (needs model.old for before/after)
+
+
+@dataclass
+class Plan:
+    source: SourceSection = field(default_factory=SourceSection)
+    target: TargetSection = field(default_factory=TargetSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    apply: ApplySection = field(default_factory=ApplySection)
+    gate: GateSection = field(default_factory=GateSection)
+    estimate: dict = field(default_factory=dict)  # informational, written by `plan`
+    path: Path | None = None  # where it was read from (not stored)
+
+    # --- where things live --------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        """Job state, locks, caches and reports live next to the plan file."""
+        base = self.path if self.path is not None else Path("plan.toml")
+        return base.with_name(base.stem + ".state")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        p = Path(self.train.checkpoint)
+        if not p.is_absolute() and self.path is not None:
+            p = self.path.parent / p
+        return p
+
+    def resolve_path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or self.path is None else self.path.parent / p
+
+    # --- (de)serialisation ----------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("path")
+        return d
+
+    def write(self, path) -> Path:
+        path = Path(path)
+        text = render(self)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise UsageError(f"cannot write plan {path}: {e.strerror or e}",
+                             "choose a writable location with -o") from None
+        self.path = path
+        return path
+
+
+def load_plan(path) -> Plan:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"plan file {path} does not exist",
+                         "create one with: embedmigrate plan SOURCE --to-model MODEL -o plan.toml")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"plan file {path} is not valid TOML: {e}",
+                         "fix the syntax, or regenerate it with embedmigrate plan") from None
+    plan = from_dict(data, str(path))
+    plan.path = path.resolve()
+    validate(plan, str(path))
+    return plan
+
+
+def from_dict(data: dict, where: str = "plan") -> Plan:
+    sections = {f.name: f.type for f in fields(Plan) if f.name not in ("path", "estimate")}
+    kwargs = {}
+    for key, value in data.items():
+        if key == "estimate":
+            kwargs["estimate"] = value
+            continue
+        cls = {"source": SourceSection, "target": TargetSection, "model": ModelSection,
+               "sample": SampleSection, "train": TrainSection, "apply": ApplySection,
+               "gate": GateSection}.get(key)
+        if cls is None:
+            raise UsageError(f"{where}: unknown section [{key}]",
+                             "sections are " + ", ".join(f"[{s}]" for s in sections))
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: [{key}] must be a table", f"write it as [{key}] with keys below")
+        known = {f.name: f for f in fields(cls)}
+        for k, v in value.items():
+            if k not in known:
+                raise UsageError(f"{where}: unknown key '{k}' in [{key}]",
+                                 "valid keys: " + ", ".join(known))
+            default = getattr(cls(), k)
+            if isinstance(default, bool) or not isinstance(v, type(default)) and not (
+                    isinstance(default, float) and isinstance(v, int)):
+                if not (isinstance(default, int) and isinstance(v, int) and not isinstance(v, bool)):
+                    raise UsageError(f"{where}: [{key}] {k} = {v!r} should be a "
+                                     f"{type(default).__name__}", f"set {k} to a "
+                                     f"{type(default).__name__} value like {default!r}")
+        kwargs[key] = cls(**value)
+    return Plan(**kwargs)
+
+
+def validate(plan: Plan, where: str = "plan") -> None:
+    from .connectors import parse_uri
+    if not plan.source.uri:
+        raise UsageError(f"{where}: [source] uri is empty", "set the source collection URI")
+    if not plan.target.uri:
+        raise UsageError(f"{where}: [target] uri is empty", "set the target collection URI")
+    src, dst = parse_uri(plan.source.uri), parse_uri(plan.target.uri)
+    if src.raw == dst.raw or (src.engine == dst.engine and src.collection == dst.collection
+                              and (src.path, src.host, src.database) == (dst.path, dst.host, dst.database)):
+        raise UsageError(f"{where}: target is the source collection",
+                         "name a new target collection; the source is never overwritten")
+    if not plan.model.new:
+        raise UsageError(f"{where}: [model] new is empty", "name the new model, e.g. new = \"mpnet\"")
+    for name in ("old", "new", "pairs", "holdout"):
+        if getattr(plan.sample, name) < 0:
+            raise UsageError(f"{where}: [sample] {name} is negative", f"set {name} >= 0")
+    if plan.sample.holdout > plan.sample.pairs:
+        raise UsageError(f"{where}: [sample] holdout ({plan.sample.holdout}) exceeds pairs "
+                         f"({plan.sample.pairs})", "set holdout <= pairs")
+    if plan.sample.pairs and not plan.source.text_field:
+        raise UsageError(f"{where}: [sample] pairs = {plan.sample.pairs} but [source] has no text_field",
+                         "set source.text_field to the field holding each point's text, or pairs = 0")
+    if plan.apply.batch_size < 1 or plan.apply.workers < 1:
+        raise UsageError(f"{where}: [apply] batch_size and workers must be >= 1", "fix the values")
+    if plan.apply.if_exists not in ("error", "resume", "replace"):
+        raise UsageError(f"{where}: [apply] if_exists = {plan.apply.if_exists!r}",
+                         "use \"error\", \"resume\" or \"replace\"")
+    if not plan.train.checkpoint:
+        raise UsageError(f"{where}: [train] checkpoint is empty", "set a checkpoint directory")
+    from .translators import REGISTRY
+    if plan.train.method not in REGISTRY:
+        raise UsageError(f"{where}: [train] method = {plan.train.method!r} is unknown",
+                         "use one of " + ", ".join(REGISTRY))
+
+
+# --- rendering with comments -------------------------------------------------------
+
+_COMMENTS = {
+    "source": "The collection being migrated. It is only read: nothing here is modified "
+              "or deleted before an explicit cutover.",
+    "target": "The new collection the translated vectors are written to. live_name is what "
+              "your application queries:\n# cutover makes it serve the target (Qdrant: atomic "
+              "alias switch; Chroma: rename; Postgres: table rename\n# in one transaction) and "
+              "keeps the old collection for rollback.",
+    "model": "Encoder specs (minilm, mpnet, sre, e5-small, wordllama, st:/path, "
+             "openai+http://host/v1?model=M&key_env=VAR, npy:/path).",
+    "sample": "Training data. old: vectors sampled from the source; new: fresh texts embedded "
+              "with the new model.\n# pairs: sampled points whose stored text is re-encoded "
+              "(paired data beats unpaired); holdout: pairs kept to measure.",
+    "train": "Translator: auto | linear (unsupervised) | vec2vec | procrustes | ridge | mlp | semi.",
+    "apply": "Streamed rewrite. if_exists: what the first apply does when the target "
+             "already exists (error | resume | replace).",
+    "gate": "Quality gate: apply cuts over only on PASS (or --force). Thresholds override "
+            "the defaults in embedmigrate.report.Thresholds.",
+    "estimate": "Written by `embedmigrate plan` for information; not read back.",
+}
+
+
+def render(plan: Plan) -> str:
+    from . import __version__
+    out = ["# embedmigrate migration plan (embedmigrate " + __version__ + ")",
+           "# Review and edit, then: embedmigrate train PLAN; embedmigrate apply PLAN --dry-run;",
+           "# embedmigrate apply PLAN. Credentials are never stored here: set PGPASSWORD,",
+           "# QDRANT_API_KEY or the variable an encoder's key_env names.", ""]
+    d = plan.to_dict()
+    for section in ("source", "target", "model", "sample", "train", "apply", "gate", "estimate"):
+        out.append("# " + _COMMENTS[section])
+        out.append(f"[{section}]")
+        nested = []
+        for k, v in d[section].items():
+            if isinstance(v, dict):
+                nested.append((k, v))
+            else:
+                out.append(f"{k} = {_toml_value(v)}")
+        for k, v in nested:
+            out.append(f"[{section}.{k}]")
+            for kk, vv in v.items():
+                if isinstance(vv, dict):
+                    out.append(f"{_toml_key(kk)} = {{ " + ", ".join(
+                        f"{_toml_key(a)} = {_toml_value(b)}" for a, b in vv.items()) + " }")
+                else:
+                    out.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else '"' + k + '"'
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if v is None:
+        return '""'
+    raise TypeError(f"cannot write {type(v)} to TOML")
