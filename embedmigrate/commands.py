@@ -1,0 +1,612 @@
+"""The migration workflow as library functions; ``embedmigrate.cli`` only wraps them.
+
+    plan(source, to_model, ...)   inspect the source, write a commented plan file
+    train(plan)                   sample, encode, fit and save the translator
+    dry_run(plan)                 quality report on a sample; writes no database
+    apply(plan)                   streamed rewrite -> verify -> gate -> cutover
+    rollback(plan), cleanup(plan) undo the cutover; drop what is no longer needed
+    run(plan)                     advance a scheduled job by one idempotent step
+    status(plan)                  where a job stands
+
+Each returns a JSON-serialisable dict (what ``--json`` prints). Nothing touches
+the source collection except reads, until an explicit cutover.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import metrics
+from .connectors import Batch, open_collection, parse_uri
+from .errors import ConflictError, DataError, NotFoundError, UsageError
+from .plan import Plan, load_plan
+from .state import JobState, RunLock, atomic_write_text
+from .translators import Translator, make_translator
+
+DEFAULT_PAIRS = 2000
+DEFAULT_SAMPLE = 20000
+
+
+# --- plan ---------------------------------------------------------------------------
+
+def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", text_column: str = "",
+         text_field: str | None = None, from_model: str = "", target: str = "", live_name: str = "",
+         method: str = "auto", sample_old: int | None = None, sample_new: int | None = None,
+         pairs: int | None = None, queries: str = "", checkpoint: str = "") -> dict:
+    """Inspect the source and write a plan file. Returns the plan and its estimates."""
+    from .encoders import open_encoder
+
+    src_uri = parse_uri(source)
+    src = open_collection(src_uri)
+    info = src.describe()
+    if info.count == 0:
+        raise DataError(f"source collection '{src_uri.collection}' is empty",
+                        "point the plan at a collection that holds vectors")
+    field = _choose_text_field(info, text_field)
+    if not texts and not field:
+        raise UsageError("no texts for the new model: the source stores no text field and no "
+                         "--texts file was given", "pass --texts FILE (one text per line, .jsonl, "
+                         ".csv or .parquet) or --text-field NAME")
+    encoder = open_encoder(to_model)
+    speed = _encode_speed(encoder)
+    n_old = min(info.count, sample_old or DEFAULT_SAMPLE)
+    n_pairs = min(n_old, DEFAULT_PAIRS if pairs is None else pairs) if field else 0
+    holdout = min(500, n_pairs // 5) if n_pairs >= 50 else 0
+    n_new = 0
+    if texts:
+        from .texts import count_texts
+        n_new = min(count_texts(texts, text_column), sample_new or DEFAULT_SAMPLE)
+    slug = _slug(to_model)
+    target_name = target or f"{src_uri.collection}__{slug}"
+    target_uri = src_uri.with_collection(target_name)
+    p = Plan()
+    p.source.uri = src_uri.without_password()
+    p.source.count, p.source.dim, p.source.metric = info.count, info.dim, info.metric
+    p.source.text_field = field or ""
+    p.target.uri = target_uri.without_password()
+    p.target.live_name = live_name or _default_live_name(src_uri, info)
+    p.model.new, p.model.old = to_model, from_model
+    p.sample.old, p.sample.new, p.sample.pairs, p.sample.holdout = n_old, n_new, n_pairs, holdout
+    p.sample.texts = str(Path(texts).resolve()) if texts else ""
+    p.sample.text_column = text_column
+    p.train.method = method
+    p.train.checkpoint = checkpoint or f"checkpoints/{src_uri.collection}-to-{slug}"
+    p.gate.sample = min(info.count, 2000)
+    p.gate.queries = str(Path(queries).resolve()) if queries else ""
+    p.estimate = estimate(info.count, info.dim, encoder.dim, n_old, n_pairs + n_new, speed, method,
+                          n_pairs)
+    out = p.write(output)
+    from .plan import validate
+    validate(p, str(out))
+    return {"plan": str(out), "source": info.to_dict(), "target": p.target.uri,
+            "live_name": p.target.live_name, "new_model": to_model, "new_dim": encoder.dim,
+            "sample": p.to_dict()["sample"], "method": method, "estimate": p.estimate,
+            "cutover": _cutover_description(src_uri.engine, p.target.live_name, target_name)}
+
+
+def _choose_text_field(info, requested: str | None) -> str | None:
+    if requested == "":
+        return None
+    if requested:
+        if requested not in info.text_fields and requested not in info.payload_fields:
+            raise NotFoundError(f"the source has no field '{requested}'",
+                                "use one of: " + ", ".join(info.text_fields or info.payload_fields
+                                                          or ["(none)"]))
+        return requested
+    for name in ("document", "text", "content", "body", "chunk", "page_content"):
+        if name in info.text_fields:
+            return name
+    return None
+
+
+def _default_live_name(uri, info) -> str:
+    if uri.engine == "qdrant":
+        # a Qdrant source reached through an alias is switched by that alias;
+        # a bare collection needs an alias for the application to follow
+        alias_of = info.settings.get("alias_of")
+        return uri.collection if alias_of else f"{uri.collection}_live"
+    return uri.collection
+
+
+def _cutover_description(engine: str, live: str, target: str) -> str:
+    return {"qdrant": f"atomic alias switch: alias '{live}' -> collection '{target}'",
+            "chroma": f"rename: '{live}' -> '{live}__pre_<time>', then '{target}' -> '{live}'",
+            "postgres": f"one transaction: ALTER TABLE {live} RENAME TO {live}__pre_<time>; "
+                        f"ALTER TABLE {target} RENAME TO {live}"}[engine]
+
+
+def _slug(spec: str) -> str:
+    base = re.split(r"[?#]", spec)[0].rstrip("/").split("/")[-1].split(":")[-1]
+    return re.sub(r"[^a-zA-Z0-9]+", "-", base).strip("-").lower()[:40] or "new"
+
+
+def _encode_speed(encoder) -> float:
+    probe = ["a short probe sentence to time the encoder"] * 16
+    start = time.perf_counter()
+    encoder.encode(probe)
+    return 16 / max(time.perf_counter() - start, 1e-6)
+
+
+FIT_SECONDS_PER_10K = {"linear": 60.0, "vec2vec": 1800.0, "mlp": 60.0, "semi": 30.0}
+
+
+def estimate(count: int, old_dim: int, new_dim: int, n_old: int, n_texts: int,
+             texts_per_s: float, method: str, n_pairs: int) -> dict:
+    """Rough time / memory / disk figures for the plan (CPU measured by a probe; GPU assumed)."""
+    encode_s = n_texts / max(texts_per_s, 1e-6)
+    eff = method if method != "auto" else ("ridge" if n_pairs >= 1000 else "semi" if n_pairs else "linear")
+    fit_s = FIT_SECONDS_PER_10K.get(eff, 5.0) * max(n_old, 10000) / 10000
+    apply_rate = 3000.0  # vectors/s, conservative; see docs/benchmarks.md per engine
+    bytes_per_vec = 4 * new_dim
+    return {
+        "encode_texts": n_texts, "encoder_texts_per_s_cpu": round(texts_per_s, 1),
+        "train_minutes_cpu": round((encode_s + fit_s) / 60, 1),
+        "train_minutes_gpu_estimate": round((encode_s / 20 + fit_s / 10) / 60, 1),
+        "apply_minutes": round(count / apply_rate / 60, 1),
+        "train_memory_mb": round((n_old * old_dim + (n_texts + n_old) * new_dim) * 4 * 4 / 2**20),
+        "target_disk_mb": round(count * bytes_per_vec * 1.5 / 2**20),
+        "method_expected": eff,
+    }
+
+
+# --- train --------------------------------------------------------------------------
+
+def train(plan: Plan | str, *, progress: bool = True, retrain: bool = False) -> dict:
+    plan = _as_plan(plan)
+    with RunLock(plan.state_dir) as lock:
+        return _train(plan, lock, progress=progress, retrain=retrain)
+
+
+def _train(plan: Plan, lock: RunLock, *, progress: bool, retrain: bool) -> dict:
+    state = JobState(plan.state_dir)
+    if state.reached("trained") and not retrain and (plan.checkpoint_dir / "translator.json").exists():
+        return {"stage": state.stage, "checkpoint": str(plan.checkpoint_dir),
+                "metrics": state.get("train_metrics", {}), "skipped": "already trained (--retrain to redo)"}
+    data = training_data(plan, progress=progress)
+    lock.heartbeat()
+    options = dict(plan.train.options)
+    if plan.train.method in ("vec2vec",) and "checkpoint_dir" not in options:
+        options["checkpoint_dir"] = str(plan.state_dir / "vec2vec-train")
+    translator = make_translator(plan.train.method, **options)
+    start = time.perf_counter()
+    translator.fit(data["old"], data["new"], pairs=data["pairs"])
+    fit_seconds = time.perf_counter() - start
+    scores = training_metrics(translator, data)
+    scores["fit_seconds"] = round(fit_seconds, 2)
+    translator.meta.update({"old_model": plan.model.old or "(unknown, from the source)",
+                            "new_model": plan.model.new, "source": plan.source.uri,
+                            "metrics": scores})
+    translator.save(plan.checkpoint_dir)
+    state.update(stage="trained", checkpoint=str(plan.checkpoint_dir), train_metrics=scores,
+                 method=translator.meta.get("auto_choice", {}).get("method", translator.method))
+    return {"stage": "trained", "checkpoint": str(plan.checkpoint_dir), "method": translator.method,
+            "selection": translator.meta.get("selection"), "confidence": translator.meta.get("confidence"),
+            "auto_choice": translator.meta.get("auto_choice"), "metrics": scores}
+
+
+def training_data(plan: Plan, *, progress: bool = True) -> dict:
+    """Sample the source, encode the text sample with the new model (cached on disk)."""
+    from .encoders import encode_cached, open_encoder
+
+    src = open_collection(plan.source.uri)
+    info = src.describe()
+    _check_source_unchanged(plan, info)
+    sample = src.sample(plan.sample.old, seed=plan.sample.seed)
+    if len(sample) < 2:
+        raise DataError(f"sampled {len(sample)} vectors from the source", "the source needs at least "
+                        "2 points; check [source] uri")
+    cache = plan.state_dir / "cache"
+    encoder = None
+    paired_idx = np.zeros(0, dtype=np.int64)
+    paired_new = np.zeros((0, 0), np.float32)
+    if plan.sample.pairs and plan.source.text_field:
+        texts = sample.texts(plan.source.text_field)
+        has_text = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        paired_idx = np.asarray(has_text[: plan.sample.pairs], dtype=np.int64)
+        if len(paired_idx) == 0:
+            raise DataError(f"none of the sampled points has text in '{plan.source.text_field}'",
+                            "set [source] text_field to a field that holds text, or pairs = 0")
+        encoder = open_encoder(plan.model.new)
+        paired_new = encode_cached(encoder, [texts[i] for i in paired_idx], cache,
+                                   show_progress=progress)
+    unpaired_new = np.zeros((0, paired_new.shape[1] if paired_new.size else 0), np.float32)
+    if plan.sample.texts and plan.sample.new:
+        from .texts import read_texts
+        encoder = encoder or open_encoder(plan.model.new)
+        fresh = read_texts(plan.sample.texts, column=plan.sample.text_column or None,
+                           limit=plan.sample.new, seed=plan.sample.seed)
+        unpaired_new = encode_cached(encoder, fresh, cache, show_progress=progress)
+    if len(paired_new) + len(unpaired_new) < 2:
+        raise DataError("the new-model sample is empty", "give --texts FILE with texts, or a source "
+                        "text_field, and sample.new / sample.pairs > 0")
+    holdout = min(plan.sample.holdout, len(paired_idx))
+    hold_idx, train_idx = paired_idx[:holdout], paired_idx[holdout:]
+    keep = np.ones(len(sample), bool)
+    keep[hold_idx] = False  # held-out points are never trained on, on either side
+    old = sample.vectors[keep]
+    new_parts = [paired_new[holdout:], unpaired_new] if len(unpaired_new) else [paired_new[holdout:]]
+    new = np.concatenate([p for p in new_parts if len(p)]) if any(len(p) for p in new_parts) else paired_new
+    pairs = (sample.vectors[train_idx], paired_new[holdout:]) if len(train_idx) else None
+    return {"old": old, "new": new, "pairs": pairs,
+            "holdout": (sample.vectors[hold_idx], paired_new[:holdout]) if holdout else None,
+            "metric": info.metric}
+
+
+def training_metrics(translator: Translator, data: dict) -> dict:
+    old = data["old"]
+    some = old[: min(len(old), 4000)]
+    translated = translator.translate(some)
+    scores = {"neighbourhood_overlap@10": round(metrics.neighbourhood_overlap(some, translated, 10,
+                                                                             data["metric"]), 4),
+              "cycle_error": round(metrics.cycle_error(translator, some), 4)}
+    if data["holdout"] is not None:
+        ho, hn = data["holdout"]
+        pred = translator.translate(ho)
+        ranks = metrics.rank_metrics(pred, hn, chunk=8192)
+        scores.update({"holdout_pairs": len(ho), "holdout_mean_cosine": round(metrics.mean_cosine(pred, hn), 4),
+                       "holdout_top1": round(ranks["top1"], 4), "holdout_mean_rank": round(ranks["mean_rank"], 3),
+                       "holdout_recall@10_retained": round(metrics.recall_retained(hn, pred, hn, 10), 4)})
+    return scores
+
+
+def _check_source_unchanged(plan: Plan, info) -> None:
+    if info.dim != plan.source.dim:
+        raise DataError(f"the source now has dimension {info.dim}, the plan says {plan.source.dim}",
+                        "re-run embedmigrate plan for this collection")
+    if info.count == 0:
+        raise DataError("the source collection is empty", "check [source] uri")
+
+
+def _load_translator(plan: Plan, info=None) -> Translator:
+    if not (plan.checkpoint_dir / "translator.json").exists():
+        raise NotFoundError(f"no trained translator at {plan.checkpoint_dir}",
+                            f"run: embedmigrate train {plan.path}")
+    translator = Translator.load(plan.checkpoint_dir)
+    if info is not None and translator.old_dim != info.dim:
+        raise DataError(f"the translator expects dimension {translator.old_dim}, the source has "
+                        f"{info.dim}", "retrain with embedmigrate train --retrain")
+    return translator
+
+
+# --- dry run: the quality report ------------------------------------------------------
+
+def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
+    """The quality report on a sample of the source. Writes no database."""
+    plan = _as_plan(plan)
+    src = open_collection(plan.source.uri)
+    info = src.describe()
+    translator = _load_translator(plan, info)
+    sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
+    report = _evaluate(plan, translator, sample, info)
+    paths = report.write(Path(out_dir) if out_dir else plan.state_dir / "report")
+    JobState(plan.state_dir).update(last_report=str(paths.get("html")), last_verdict=report.verdict)
+    return report, paths
+
+
+def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: np.ndarray | None = None):
+    from .report import Thresholds, evaluate
+    held_out = None
+    if plan.sample.holdout and plan.source.text_field:
+        data = training_data(plan, progress=False)  # cached: no re-encoding
+        held_out = data["holdout"]
+    q_new = q_old = relevant = None
+    if plan.gate.queries:
+        q_new, q_old, relevant = _query_vectors(plan, sample)
+    thresholds = Thresholds(**plan.gate.thresholds)
+    cost = dict(plan.estimate)
+    report = evaluate(translator, sample.vectors, metric=info.metric, held_out_pairs=held_out,
+                      queries_new=q_new, queries_old=q_old, relevant=relevant,
+                      thresholds=thresholds, cost=cost)
+    if written is not None:
+        _add_written_check(report, translator.translate(sample.vectors), written)
+    return report
+
+
+def _query_vectors(plan: Plan, sample: Batch):
+    """Query texts encoded by both models (old side only when model.old is set);
+    relevance labels when the query file has doc_id and the doc is in the sample."""
+    from .encoders import encode_cached, open_encoder
+    from .texts import read_records
+    records = read_records(plan.gate.queries)
+    texts = [r["text"] for r in records]
+    cache = plan.state_dir / "cache"
+    q_new = encode_cached(open_encoder(plan.model.new), texts, cache, kind="query")
+    q_old = encode_cached(open_encoder(plan.model.old), texts, cache, kind="query") if plan.model.old else None
+    relevant = None
+    if records and all("doc_id" in r for r in records):
+        pos = {str(i): k for k, i in enumerate(sample.ids)}
+        keep = [k for k, r in enumerate(records) if str(r["doc_id"]) in pos]
+        if keep:
+            relevant = np.asarray([pos[str(records[k]["doc_id"])] for k in keep])
+            q_new = q_new[keep]
+            q_old = q_old[keep] if q_old is not None else None
+    return q_new, q_old, relevant
+
+
+def _add_written_check(report, expected: np.ndarray, written: np.ndarray) -> None:
+    """The target holds what the translator produces for those ids (catches a
+    write path that mangles vectors)."""
+    cos = metrics.mean_cosine(written, expected)
+    report.add_check("written_matches_translation", round(cos, 6), 0.999, cos >= 0.999,
+                     "mean cosine between the vectors in the target and the translation of "
+                     "their source vectors")
+
+
+# --- apply ------------------------------------------------------------------------
+
+def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutover: bool = True) -> dict:
+    """Rewrite, verify, gate and (on PASS or ``force``) cut over. Resumable and idempotent."""
+    plan = _as_plan(plan)
+    with RunLock(plan.state_dir) as lock:
+        result = rewrite(plan, lock, progress=progress)
+        result.update(verify(plan, lock, progress=progress))
+        if cutover and (result["verdict"] == "PASS" or force):
+            result.update(do_cutover(plan, forced=result["verdict"] != "PASS"))
+        elif cutover:
+            result["cutover"] = "blocked by the quality gate (re-run with --force to override)"
+        return result
+
+
+def _id_hash(ids) -> int:
+    """Order-independent checksum of a set of ids (sum of 64-bit hashes)."""
+    total = 0
+    for i in ids:
+        total += int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
+    return total % (1 << 64)
+
+
+def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
+    """scan -> translate -> write, with the cursor persisted after every batch."""
+    state = JobState(plan.state_dir)
+    if not state.reached("trained"):
+        raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}")
+    src = open_collection(plan.source.uri)
+    info = src.describe()
+    _check_source_unchanged(plan, info)
+    translator = _load_translator(plan, info)
+    dst = open_collection(plan.target.uri)
+    started = state.get("apply_started", False)
+    dst.create_like(info, dim=translator.new_dim, if_exists="resume" if started else plan.apply.if_exists)
+    if not started:
+        state.update(stage="applying", apply_started=True, cursor=None, written=0, id_hash=0,
+                     source_count_at_start=info.count)
+    cursor, written, id_hash = state.get("cursor"), state.get("written", 0), state.get("id_hash", 0)
+    bar = tqdm(total=info.count, initial=min(written, info.count), unit="vec", desc="apply",
+               disable=not progress, smoothing=0.1)
+    try:
+        for batch, cursor in _prefetch(src.scan(plan.apply.batch_size, after=cursor)):
+            dst.write(batch.replace_vectors(translator.translate(batch.vectors)))
+            written += len(batch)
+            id_hash = (id_hash + _id_hash(batch.ids)) % (1 << 64)
+            state.update(cursor=cursor, written=written, id_hash=id_hash)
+            lock.heartbeat()
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    dst.finish_write()
+    state.update(stage="applied", written=written)
+    return {"stage": "applied", "written": written, "target": plan.target.uri}
+
+
+def _prefetch(iterator, depth: int = 2):
+    """Read the next batches while the current one is translated and written."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def reader():
+        try:
+            for item in iterator:
+                q.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=reader, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def catch_up(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
+    """Copy points added to the source since the rewrite started (before cutover).
+
+    The scan continues from the saved cursor, which picks up every point that
+    sorts after it; if counts still differ, a full id comparison finds the rest.
+    """
+    state = JobState(plan.state_dir)
+    before = state.get("written", 0)
+    rewrite(plan, lock, progress=progress)
+    src, dst = open_collection(plan.source.uri), open_collection(plan.target.uri)
+    added = JobState(plan.state_dir).get("written", 0) - before
+    if src.count() != dst.count():
+        added += _copy_missing(plan, src, dst, lock)
+    return {"caught_up": added}
+
+
+def _copy_missing(plan, src, dst, lock) -> int:
+    translator = _load_translator(plan)
+    have = set()
+    for batch, _ in dst.scan(plan.apply.batch_size):
+        have.update(map(str, batch.ids))
+    added = 0
+    state = JobState(plan.state_dir)
+    id_hash = state.get("id_hash", 0)
+    for batch, _ in src.scan(plan.apply.batch_size):
+        missing = [i for i, x in enumerate(batch.ids) if str(x) not in have]
+        if missing:
+            sub = Batch([batch.ids[i] for i in missing], batch.vectors[missing],
+                        [batch.payloads[i] for i in missing],
+                        [batch.documents[i] for i in missing] if batch.documents is not None else None)
+            dst.write(sub.replace_vectors(translator.translate(sub.vectors)))
+            id_hash = (id_hash + _id_hash(sub.ids)) % (1 << 64)
+            added += len(missing)
+            lock.heartbeat()
+    dst.finish_write()
+    state.update(written=state.get("written", 0) + added, id_hash=id_hash)
+    return added
+
+
+def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True) -> dict:
+    """Counts and ids of the target equal the source's; then the quality gate on the target."""
+    state = JobState(plan.state_dir)
+    src, dst = open_collection(plan.source.uri), open_collection(plan.target.uri)
+    info, dst_info = src.describe(), dst.describe()
+    target_hash, target_count = 0, 0
+    for batch, _ in dst.scan(plan.apply.batch_size):
+        target_hash = (target_hash + _id_hash(batch.ids)) % (1 << 64)
+        target_count += len(batch)
+        if lock:
+            lock.heartbeat()
+    ids_match = target_hash == state.get("id_hash") and target_count == info.count
+    translator = _load_translator(plan, info)
+    sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
+    written = dst.fetch(list(sample.ids))
+    by_id = {str(i): k for k, i in enumerate(written.ids)}
+    order = [by_id.get(str(i)) for i in sample.ids]
+    if any(k is None for k in order):
+        ids_match = False
+        report = _evaluate(plan, translator, sample, info)
+    else:
+        report = _evaluate(plan, translator, sample, info, written=written.vectors[order])
+    report.add_check("ids_and_count_match", target_count, info.count, ids_match,
+                     "the target holds exactly the source's ids (count and id checksum)")
+    paths = report.write(plan.state_dir / "report")
+    if state.stage != "cut_over":
+        state.update(stage="verified" if report.verdict == "PASS" else "applied")
+    state.update(last_report=str(paths.get("html")), last_verdict=report.verdict)
+    return {"verdict": report.verdict, "ids_match": ids_match, "source_count": info.count,
+            "target_count": target_count, "target_dim": dst_info.dim, "report": {k: str(v) for k, v in paths.items()},
+            "failed_checks": [c for c in report.checks if c["status"] != "PASS"]}
+
+
+def do_cutover(plan: Plan, *, forced: bool = False) -> dict:
+    state = JobState(plan.state_dir)
+    if state.stage == "cut_over":
+        return {"cutover": "already done", "record": state.get("cutover")}
+    dst = open_collection(plan.target.uri)
+    record = dst.cutover(plan.target.live_name)
+    state.update(stage="cut_over", cutover=record, cutover_forced=forced, cutover_at=time.time())
+    return {"cutover": "done", "forced": forced, "live_name": plan.target.live_name, "record": record}
+
+
+def rollback(plan: Plan | str) -> dict:
+    plan = _as_plan(plan)
+    with RunLock(plan.state_dir):
+        state = JobState(plan.state_dir)
+        record = state.get("cutover")
+        if state.stage != "cut_over" or not record:
+            raise UsageError(f"nothing to roll back: the job is at stage '{state.stage}'",
+                             "rollback undoes a cutover; to discard the target use embedmigrate "
+                             "cleanup --drop-target")
+        open_collection(plan.target.uri).rollback(record)
+        state.update(stage="rolled_back", cutover=None, rolled_back=record, rolled_back_at=time.time())
+        return {"rolled_back": True, "live_name": plan.target.live_name, "record": record}
+
+
+def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = False,
+            clear_cache: bool = True) -> dict:
+    """Remove what the migration no longer needs. The old collection is dropped only
+    with ``drop_old`` after a cutover; the target only with ``drop_target`` before one."""
+    import shutil
+    plan = _as_plan(plan)
+    done: dict = {"dropped": []}
+    with RunLock(plan.state_dir):
+        state = JobState(plan.state_dir)
+        if drop_old:
+            record = state.get("cutover")
+            if state.stage != "cut_over" or not record:
+                raise UsageError("the old collection is still live (no cutover yet)",
+                                 "cut over first (embedmigrate apply); the source is never dropped before")
+            retired = record.get("retired") or record.get("previous")
+            if retired:
+                open_collection(parse_uri(plan.source.uri).with_collection(retired)).drop()
+                done["dropped"].append(retired)
+                state.update(old_dropped=retired)
+        if drop_target:
+            if state.stage == "cut_over":
+                raise ConflictError("the target is live", "roll back first: embedmigrate rollback PLAN")
+            open_collection(plan.target.uri).drop()
+            done["dropped"].append(parse_uri(plan.target.uri).collection)
+            state.update(stage="trained" if state.reached("trained") else state.stage,
+                         apply_started=False, cursor=None, written=0, id_hash=0)
+        if clear_cache:
+            shutil.rmtree(plan.state_dir / "cache", ignore_errors=True)
+            done["cache_cleared"] = True
+    return done
+
+
+# --- scheduled jobs -------------------------------------------------------------------
+
+def run(plan: Plan | str, *, progress: bool = False, force: bool = False) -> dict:
+    """Advance the job by one idempotent step: planned -> trained -> applied ->
+    verified -> cut_over. Safe to call from cron every few minutes."""
+    plan = _as_plan(plan)
+    with RunLock(plan.state_dir) as lock:
+        state = JobState(plan.state_dir)
+        stage = state.stage
+        if stage == "planned":
+            return {"step": "train", **_train(plan, lock, progress=progress, retrain=False)}
+        if stage in ("trained", "applying"):
+            return {"step": "apply", **rewrite(plan, lock, progress=progress)}
+        if stage == "applied":
+            caught = catch_up(plan, lock, progress=progress)
+            return {"step": "verify", **caught, **verify(plan, lock, progress=progress)}
+        if stage == "verified":
+            caught = catch_up(plan, lock, progress=progress)
+            if caught["caught_up"]:  # new points since the gate: verify again first
+                return {"step": "verify", **caught, **verify(plan, lock, progress=progress)}
+            return {"step": "cutover", **do_cutover(plan)}
+        if stage == "cut_over":
+            return {"step": "none", "stage": stage, "message": "migration complete"}
+        if stage == "rolled_back":
+            if force:
+                return {"step": "cutover", **do_cutover(plan, forced=True)}
+            return {"step": "none", "stage": stage, "message": "rolled back; run with --force to cut over again"}
+        raise UsageError(f"unknown job stage '{stage}'", f"inspect {state.path}")
+
+
+def status(plan: Plan | str) -> dict:
+    plan = _as_plan(plan)
+    state = JobState(plan.state_dir)
+    lock = plan.state_dir / "lock"
+    return {"plan": str(plan.path), "stage": state.stage, "written": state.get("written", 0),
+            "source_count": plan.source.count, "checkpoint": str(plan.checkpoint_dir),
+            "last_verdict": state.get("last_verdict"), "last_report": state.get("last_report"),
+            "cutover": state.get("cutover"), "locked": lock.exists(),
+            "lock_owner": json.loads(lock.read_text()) if lock.exists() else None}
+
+
+def translate_file(checkpoint, input_path, output_path, *, inverse: bool = False) -> dict:
+    """Translate an .npy of vectors (old -> new, or new -> old with ``inverse``)."""
+    translator = Translator.load(checkpoint)
+    try:
+        x = np.load(input_path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read vectors from {input_path}: {e}", "pass a .npy file of shape (n, dim)") from None
+    y = translator.inverse(x) if inverse else translator.translate(x)
+    tmp = Path(output_path).with_name(f".{Path(output_path).name}.tmp.npy")
+    np.save(tmp, y)
+    tmp.replace(output_path)
+    return {"input": str(input_path), "output": str(output_path), "rows": int(len(y)),
+            "dim": int(y.shape[1]), "direction": "new->old" if inverse else "old->new"}
+
+
+def _as_plan(p) -> Plan:
+    return p if isinstance(p, Plan) else load_plan(p)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
