@@ -1,0 +1,250 @@
+"""Command line: parses arguments, calls ``embedmigrate.commands``, prints.
+
+Exit codes: 0 ok / PASS, 1 FAIL or a failed step, 2 usage (bad arguments, plan
+or URI), 3 WARN, 4 not found, 5 conflict (target exists, job locked),
+6 unavailable (server unreachable), 7 bad data, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import EmbedMigrateError, ExitCode
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for machines).")
+
+
+def emit(result: dict, as_json: bool, human) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        human(result)
+
+
+def handled(fn):
+    """Turn library errors into one line + exit code (JSON with --json)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        as_json = kwargs.get("as_json", False)
+        try:
+            return fn(*args, **kwargs)
+        except EmbedMigrateError as e:
+            if as_json:
+                click.echo(json.dumps(e.to_dict()))
+            else:
+                click.echo(f"error: {e.one_line()}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            msg = "interrupted; progress is saved: re-run the same command to resume"
+            click.echo(json.dumps({"error": "Interrupted", "message": msg, "exit_code": 130})
+                       if as_json else f"error: {msg}", err=not as_json)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="embedmigrate")
+def main():
+    """Migrate a vector collection to a new embedding model without re-encoding it.
+
+    \b
+    embedmigrate plan SOURCE_URI --to-model MODEL -o plan.toml
+    embedmigrate train plan.toml
+    embedmigrate apply plan.toml --dry-run     # quality report, writes nothing
+    embedmigrate apply plan.toml               # rewrite, verify, gate, cut over
+    embedmigrate rollback plan.toml
+    """
+
+
+@main.command()
+@click.argument("source")
+@click.option("--to-model", required=True, help="New model: minilm, mpnet, sre, e5-small, wordllama, "
+              "st:/path, openai+http://host/v1?model=M&key_env=VAR.")
+@click.option("--from-model", default="", help="Old model (optional): enables query-text checks.")
+@click.option("--texts", default="", help="File of fresh texts for the new model (.txt/.jsonl/.csv/.parquet).")
+@click.option("--text-column", default="", help="Column/field of --texts holding the text.")
+@click.option("--text-field", default=None, help="Field of the source holding each point's text (pairs).")
+@click.option("--target", default="", help="Target collection name (default SOURCE__MODEL).")
+@click.option("--live-name", default="", help="Name the application queries (cutover target).")
+@click.option("--method", default="auto", help="Translator: auto, linear, vec2vec, procrustes, ridge, mlp, semi.")
+@click.option("--sample", "sample_old", type=int, default=None, help="Vectors to sample from the source.")
+@click.option("--sample-new", type=int, default=None, help="Fresh texts to encode.")
+@click.option("--pairs", type=int, default=None, help="Stored texts to re-encode as pairs.")
+@click.option("--queries", default="", help="Query texts for the quality report (.jsonl with text[, doc_id]).")
+@click.option("--checkpoint", default="", help="Checkpoint dir (default checkpoints/SOURCE-to-MODEL).")
+@click.option("-o", "--output", default="plan.toml", show_default=True)
+@json_option
+@handled
+def plan(source, to_model, from_model, texts, text_column, text_field, target, live_name, method,
+         sample_old, sample_new, pairs, queries, checkpoint, output, as_json):
+    """Inspect SOURCE and write a commented plan file."""
+    from . import commands
+    result = commands.plan(source, to_model, output=output, texts=texts, text_column=text_column,
+                           text_field=text_field, from_model=from_model, target=target,
+                           live_name=live_name, method=method, sample_old=sample_old,
+                           sample_new=sample_new, pairs=pairs, queries=queries, checkpoint=checkpoint)
+
+    def human(r):
+        s, e = r["source"], r["estimate"]
+        click.echo(f"source   {s['engine']} '{s['name']}': {s['count']} vectors, dim {s['dim']}, {s['metric']}")
+        click.echo(f"target   {r['target']} (dim {r['new_dim']}, model {r['new_model']})")
+        smp = r["sample"]
+        click.echo(f"train    {r['method']} on {smp['old']} sampled vectors, {smp['pairs']} pairs "
+                   f"({smp['holdout']} held out), {smp['new']} fresh texts; "
+                   f"~{e['train_minutes_cpu']} min CPU (~{e['train_minutes_gpu_estimate']} min GPU, estimated)")
+        click.echo(f"apply    ~{e['apply_minutes']} min, target ~{e['target_disk_mb']} MB")
+        click.echo(f"cutover  {r['cutover']} (only after the quality gate passes)")
+        click.echo(f"wrote    {r['plan']}; next: embedmigrate train {r['plan']}")
+    emit(result, as_json, human)
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN")
+@click.option("--retrain", is_flag=True, help="Train again even if a checkpoint exists.")
+@json_option
+@handled
+def train(plan_file, retrain, as_json):
+    """Sample, encode and fit the translator; save it under checkpoints/."""
+    from . import commands
+    result = commands.train(plan_file, progress=not as_json, retrain=retrain)
+
+    def human(r):
+        if r.get("skipped"):
+            click.echo(f"{r['skipped']}: {r['checkpoint']}")
+        click.echo(f"checkpoint {r['checkpoint']}")
+        if r.get("auto_choice"):
+            click.echo(f"method     {r['auto_choice']}")
+        conf = r.get("confidence")
+        if conf:
+            click.echo(f"confidence {conf}")
+        for k, v in (r.get("metrics") or {}).items():
+            click.echo(f"  {k:32s} {v}")
+    emit(result, as_json, human)
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN")
+@click.option("--dry-run", is_flag=True, help="Quality report on a sample only; writes no database.")
+@click.option("--force", is_flag=True, help="Cut over even if the gate says WARN or FAIL.")
+@click.option("--no-cutover", is_flag=True, help="Rewrite and verify, but do not cut over.")
+@click.option("--report-dir", default=None, help="Where the dry-run report goes (default PLAN.state/report).")
+@json_option
+@handled
+def apply(plan_file, dry_run, force, no_cutover, report_dir, as_json):
+    """Rewrite the collection into the target; cut over on PASS."""
+    from . import commands
+    from .report import exit_code_for
+    if dry_run:
+        report, paths = commands.dry_run(plan_file, out_dir=report_dir, progress=not as_json)
+        result = {"dry_run": True, "verdict": report.verdict, "report": {k: str(v) for k, v in paths.items()},
+                  "checks": report.checks}
+
+        def human(r):
+            for c in r["checks"]:
+                click.echo(f"  {c['status']:4s} {c['name']}: {c['value']} (threshold {c['threshold']})")
+            click.echo(f"verdict {r['verdict']}; report {r['report'].get('html')}")
+        emit(result, as_json, human)
+        sys.exit(exit_code_for(report.verdict))
+    result = commands.apply(plan_file, force=force, progress=not as_json, cutover=not no_cutover)
+
+    def human(r):
+        click.echo(f"wrote {r['written']} vectors to {r['target']}; ids match: {r['ids_match']}")
+        for c in r["failed_checks"]:
+            click.echo(f"  {c['status']:4s} {c['name']}: {c['value']} (threshold {c['threshold']})")
+        click.echo(f"verdict {r['verdict']}; report {r['report'].get('html')}")
+        click.echo(f"cutover {r.get('cutover', 'skipped (--no-cutover)')}")
+    emit(result, as_json, human)
+    if result.get("cutover") == "done" or result["verdict"] == "PASS":
+        sys.exit(ExitCode.OK)
+    sys.exit(exit_code_for(result["verdict"]))
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN")
+@json_option
+@handled
+def rollback(plan_file, as_json):
+    """Point the live name back at the old collection."""
+    from . import commands
+    emit(commands.rollback(plan_file), as_json,
+         lambda r: click.echo(f"rolled back: '{r['live_name']}' serves the old collection again"))
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN")
+@click.option("--drop-old", is_flag=True, help="After cutover: delete the retired old collection.")
+@click.option("--drop-target", is_flag=True, help="Before cutover: delete the (partial) target.")
+@json_option
+@handled
+def cleanup(plan_file, drop_old, drop_target, as_json):
+    """Drop what the migration no longer needs (only what you ask for)."""
+    from . import commands
+    emit(commands.cleanup(plan_file, drop_old=drop_old, drop_target=drop_target), as_json,
+         lambda r: click.echo("dropped: " + (", ".join(r["dropped"]) or "nothing") + "; cache cleared"))
+
+
+@main.command()
+@click.argument("plan_file", metavar="JOB")
+@click.option("--force", is_flag=True, help="Cut over again after a rollback.")
+@json_option
+@handled
+def run(plan_file, force, as_json):
+    """Advance a scheduled migration by one step (for cron / Kubernetes CronJobs)."""
+    from . import commands
+    emit(commands.run(plan_file, progress=not as_json, force=force), as_json,
+         lambda r: click.echo(f"step {r['step']}: " + json.dumps({k: v for k, v in r.items() if k != 'step'},
+                                                                  default=str)))
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN")
+@json_option
+@handled
+def status(plan_file, as_json):
+    """Where a migration job stands."""
+    from . import commands
+    emit(commands.status(plan_file), as_json,
+         lambda r: [click.echo(f"{k:14s} {v}") for k, v in r.items()])
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.argument("input_npy")
+@click.option("-o", "--output", required=True, help="Output .npy.")
+@click.option("--inverse", is_flag=True, help="New-model vectors -> old space (query bridge).")
+@json_option
+@handled
+def translate(checkpoint, input_npy, output, inverse, as_json):
+    """Translate an .npy of vectors with a trained checkpoint."""
+    from . import commands
+    emit(commands.translate_file(checkpoint, input_npy, output, inverse=inverse), as_json,
+         lambda r: click.echo(f"{r['rows']} vectors {r['direction']} -> {r['output']}"))
+
+
+@main.command()
+@click.option("--dir", "workdir", default="embedmigrate-demo", show_default=True)
+@click.option("--engine", type=click.Choice(["chroma", "qdrant"]), default="chroma", show_default=True)
+@click.option("--to-model", default="mpnet", show_default=True)
+@json_option
+@handled
+def demo(workdir, engine, to_model, as_json):
+    """Full migration on an embedded store with packaged models and a shipped corpus."""
+    from .demo import run_demo
+    result = run_demo(workdir, engine=engine, to_model=to_model, progress=not as_json,
+                      echo=(lambda m: None) if as_json else click.echo)
+    emit(result, as_json, lambda r: click.echo(f"report: {r['report']}"))
+    sys.exit(ExitCode.OK if result["cutover"] == "done" else ExitCode.FAIL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
