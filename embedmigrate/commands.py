@@ -238,7 +238,7 @@ def training_data(plan: Plan, *, progress: bool = True) -> dict:
     pairs = (sample.vectors[train_idx], paired_new[holdout:]) if len(train_idx) else None
     return {"old": old, "new": new, "pairs": pairs,
             "holdout": (sample.vectors[hold_idx], paired_new[:holdout]) if holdout else None,
-            "metric": info.metric}
+            "holdout_ids": [sample.ids[i] for i in hold_idx], "metric": info.metric}
 
 
 def training_metrics(translator: Translator, data: dict) -> dict:
@@ -294,26 +294,25 @@ def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
 
 def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: np.ndarray | None = None):
     from .report import Thresholds, evaluate
-    held_out = None
-    if plan.sample.holdout and plan.source.text_field:
-        data = training_data(plan, progress=False)  # cached: no re-encoding
-        held_out = data["holdout"]
+    thresholds = Thresholds.from_dict(plan.gate.thresholds)
+    data = training_data(plan, progress=False)  # encodings are cached: no re-encoding
+    held_out = data["holdout"]
     q_new = q_old = relevant = None
     if plan.gate.queries:
-        q_new, q_old, relevant = _query_vectors(plan, sample)
-    thresholds = Thresholds(**plan.gate.thresholds)
-    cost = dict(plan.estimate)
+        # query labels refer to the documents searched: the held-out pairs when
+        # there are some (both encodings known), else the sampled points
+        q_new, q_old, relevant = _query_vectors(plan, data["holdout_ids"] if held_out else sample.ids)
     report = evaluate(translator, sample.vectors, metric=info.metric, held_out_pairs=held_out,
                       queries_new=q_new, queries_old=q_old, relevant=relevant,
-                      thresholds=thresholds, cost=cost)
+                      new_sample=data["new"], thresholds=thresholds, cost=dict(plan.estimate))
     if written is not None:
         _add_written_check(report, translator.translate(sample.vectors), written)
     return report
 
 
-def _query_vectors(plan: Plan, sample: Batch):
+def _query_vectors(plan: Plan, doc_ids: list):
     """Query texts encoded by both models (old side only when model.old is set);
-    relevance labels when the query file has doc_id and the doc is in the sample."""
+    relevance labels (index into ``doc_ids``, -1 for none) when the query file has doc_id."""
     from .encoders import encode_cached, open_encoder
     from .texts import read_records
     records = read_records(plan.gate.queries)
@@ -323,12 +322,8 @@ def _query_vectors(plan: Plan, sample: Batch):
     q_old = encode_cached(open_encoder(plan.model.old), texts, cache, kind="query") if plan.model.old else None
     relevant = None
     if records and all("doc_id" in r for r in records):
-        pos = {str(i): k for k, i in enumerate(sample.ids)}
-        keep = [k for k, r in enumerate(records) if str(r["doc_id"]) in pos]
-        if keep:
-            relevant = np.asarray([pos[str(records[k]["doc_id"])] for k in keep])
-            q_new = q_new[keep]
-            q_old = q_old[keep] if q_old is not None else None
+        pos = {str(i): k for k, i in enumerate(doc_ids)}
+        relevant = np.asarray([pos.get(str(r["doc_id"]), -1) for r in records])
     return q_new, q_old, relevant
 
 
