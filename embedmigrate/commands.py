@@ -295,8 +295,9 @@ def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
 def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: np.ndarray | None = None):
     from .report import Thresholds, evaluate
     thresholds = Thresholds.from_dict(plan.gate.thresholds)
-    data = training_data(plan, progress=False)  # encodings are cached: no re-encoding
-    held_out = data["holdout"]
+    has_texts = (plan.sample.pairs and plan.source.text_field) or (plan.sample.texts and plan.sample.new)
+    data = training_data(plan, progress=False) if has_texts else None  # encodings are cached
+    held_out = data["holdout"] if data else None
     q_new = q_old = relevant = None
     if plan.gate.queries:
         # query labels refer to the documents searched: the held-out pairs when
@@ -304,7 +305,7 @@ def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: 
         q_new, q_old, relevant = _query_vectors(plan, data["holdout_ids"] if held_out else sample.ids)
     report = evaluate(translator, sample.vectors, metric=info.metric, held_out_pairs=held_out,
                       queries_new=q_new, queries_old=q_old, relevant=relevant,
-                      new_sample=data["new"], thresholds=thresholds, cost=dict(plan.estimate))
+                      new_sample=data["new"] if data else None, thresholds=thresholds, cost=dict(plan.estimate))
     if written is not None:
         _add_written_check(report, translator.translate(sample.vectors), written)
     return report

@@ -738,6 +738,7 @@ def _plots(rep: QualityReport) -> list:
         counts = np.histogram(r, bins=edges)[0]
         labels = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
         ax.bar(labels, counts, color="#8172b3")
+        ax.tick_params(axis="x", labelsize=8, labelrotation=20)
         ax.set_xlabel("rank of the true new-model vector (1 = best)")
         ax.set_ylabel("held-out pairs")
         out.append(("ground-truth ranks", "Rank of each held-out text's true new-model vector "
