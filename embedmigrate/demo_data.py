@@ -75,5 +75,7 @@ def build_wordnet_sample(source_dir, out_dir=DATA_DIR, n_docs: int = 3000, n_que
     for name, rows, keys in ((DOCS_FILE, docs, ("id", "text")), (QUERIES_FILE, queries, ("doc_id", "text"))):
         with open(out_dir / name, "w", encoding="utf-8") as handle:
             for row in rows:
-                handle.write(json.dumps({k: row[k] for k in keys}, ensure_ascii=False) + "\n")
+                # strip: a few source glosses end in a stray space
+                record = {k: row[k].strip() for k in keys}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(docs), len(queries)
