@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .errors import ExitCode, UsageError
+from .errors import DataError, ExitCode, UsageError
 from .translators.base import check_vectors
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -383,10 +383,9 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
     if held_out_pairs is not None:
         old_h = check_vectors(held_out_pairs[0], "held-out old vectors", translator.old_dim,
                               min_rows=2 * k + 2)
-        new_h = check_vectors(held_out_pairs[1], "held-out new vectors", translator.new_dim,
-                              min_rows=len(old_h))
+        new_h = check_vectors(held_out_pairs[1], "held-out new vectors", translator.new_dim)
         if len(new_h) != len(old_h):
-            raise UsageError(f"{len(old_h)} held-out old vectors but {len(new_h)} new ones",
+            raise DataError(f"{len(old_h)} held-out old vectors but {len(new_h)} new ones",
                              "held-out pairs need one new-model vector per old-model vector")
         docs_old, docs_tr, docs_new = old_h, translator.translate(old_h), new_h
         checks += _ground_truth_checks(translator, docs_old, docs_tr, docs_new, th, k, metric,
@@ -398,13 +397,13 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
     # 4. query texts
     if queries_new is not None and queries_old is not None:
         qn = check_vectors(queries_new, "new-model queries", translator.new_dim)
-        qo = check_vectors(queries_old, "old-model queries", translator.old_dim, min_rows=len(qn))
+        qo = check_vectors(queries_old, "old-model queries", translator.old_dim)
         if len(qo) != len(qn):
-            raise UsageError(f"{len(qo)} old-model but {len(qn)} new-model queries",
+            raise DataError(f"{len(qo)} old-model but {len(qn)} new-model queries",
                              "encode the same query texts with both models")
         rel = None if relevant is None else np.asarray(relevant, dtype=np.int64).ravel()
         if rel is not None and len(rel) != len(qn):
-            raise UsageError(f"{len(rel)} relevance labels for {len(qn)} queries",
+            raise DataError(f"{len(rel)} relevance labels for {len(qn)} queries",
                              "pass one relevant document index per query (-1 for none)")
         checks += _query_checks(translator, qo, qn, rel, docs_old, docs_tr, docs_new, th, k,
                                 metric, mets, series)
