@@ -221,3 +221,32 @@ def _missing_column(path: Path, column: str, available) -> UsageError:
     shown = ", ".join(map(str, list(available)[:20])) or "none"
     return UsageError(f"'{path.name}' has no column '{column}' (columns: {shown})",
                       "pass the column that holds the text, e.g. --text-column body")
+
+
+def count_texts(path, column: str | None = None) -> int:
+    """How many non-blank texts a file holds (what ``sample.new`` can be at most)."""
+    return load_texts(path, column=column or None).total
+
+
+def read_records(path) -> list[dict]:
+    """Query records for the quality report: a .jsonl of {"text"[, "doc_id"]} objects,
+    or any text file (one query per record, no labels)."""
+    path = Path(path)
+    if text_format(path) != ".jsonl":
+        return [{"text": t} for t in read_texts(path)]
+    records = []
+    for number, line in enumerate(_lines(path)[0], 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise UsageError(f"{path}:{number} is not a JSON object",
+                             "write one {\"text\": ..., \"doc_id\": ...} object per line") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(DEFAULT_COLUMN), str):
+            raise UsageError(f"{path}:{number} has no \"text\" string",
+                             "write one {\"text\": ..., \"doc_id\": ...} object per line")
+        records.append(obj)
+    if not records:
+        raise DataError(f"'{path}' holds no queries", "add one query per line")
+    return records
