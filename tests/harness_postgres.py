@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -68,8 +69,10 @@ class PostgresHarness:
 
     def populate(self, collection, ids, vectors, payloads, metric="cosine", documents=None,
                  dim=None, id_type=None, index=True):
-        """A table with an id primary key, ``embedding vector(dim)``, one typed column per
-        payload field and an HNSW index with the metric's opclass."""
+        """A table with an id primary key (bigint for int ids, else text, or ``id_type``),
+        ``embedding vector(dim)``, one typed column per payload field (text, bigint,
+        double precision, text[], boolean, else jsonb) and an HNSW index with the
+        metric's opclass (``index=False``: none)."""
         import psycopg
         from pgvector.psycopg import register_vector
         from psycopg import sql
@@ -79,6 +82,8 @@ class PostgresHarness:
         dim = dim or vectors.shape[1]
         if id_type is None:
             id_type = "bigint" if all(isinstance(i, int) for i in ids) else "text"
+        if id_type == "uuid":
+            ids = [uuid.UUID(str(i)) for i in ids]
         fields = list(dict.fromkeys(k for p in payloads for k in p))
         types = {f: _column_type([p.get(f) for p in payloads]) for f in fields}
         table = sql.Identifier(collection)

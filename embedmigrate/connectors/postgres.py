@@ -197,7 +197,9 @@ class PostgresConnector(Connector):
             raise DataError(f"PostgreSQL rejected the data: {_first_line(e)}",
                             "fix the values it names in the source") from None
         except psycopg.OperationalError as e:
-            if getattr(e, "sqlstate", None) in (None, "") or str(e.sqlstate).startswith(("08", "57")):
+            state = getattr(e, "sqlstate", None) or ""
+            # no sqlstate: libpq lost the socket; 08: connection exception; 57P0x: shutdown
+            if not state or state.startswith("08") or state in ("57P01", "57P02", "57P03"):
                 self.close()
                 raise UnavailableError(f"lost the connection to {self.uri.redacted()}: "
                                        f"{_first_line(e)}",
