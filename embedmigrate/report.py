@@ -249,7 +249,14 @@ def _check(name, value, threshold, status, explanation) -> dict:
             "explanation": explanation}
 
 
+def _not_a_number(name: str, what: str, threshold: dict) -> dict:
+    # NaN compares False with everything: without this a broken translator would PASS
+    return _check(name, None, threshold, FAIL, f"{what} is not a number (NaN/inf)")
+
+
 def _at_least(name: str, value: float, fail: float, warn: float, what: str) -> dict:
+    if not np.isfinite(value):
+        return _not_a_number(name, what, {"fail_below": fail, "warn_below": warn})
     if value < fail:
         status, why = FAIL, f"{what} is {value:.3f}, below the FAIL line {fail}"
     elif value < warn:
@@ -260,6 +267,8 @@ def _at_least(name: str, value: float, fail: float, warn: float, what: str) -> d
 
 
 def _at_most(name: str, value: float, fail: float, warn: float, what: str) -> dict:
+    if not np.isfinite(value):
+        return _not_a_number(name, what, {"fail_above": fail, "warn_above": warn})
     if value > fail:
         status, why = FAIL, f"{what} is {value:.3f}, above the FAIL line {fail}"
     elif value > warn:
@@ -274,6 +283,8 @@ def _beats(name: str, translated: float, baseline: float, th: Thresholds, what: 
     """Translated vs doing nothing, as a ratio (1.0 = as good as doing nothing)."""
     ratio = translated / baseline if baseline > 1e-9 else (np.inf if translated > 0 else 1.0)
     fail, warn = th.min_ratio_vs_baseline, th.warn_ratio_vs_baseline
+    if np.isnan(ratio):
+        return _not_a_number(name, what, {"fail_below": fail, "warn_below": warn})
     numbers = (f"{what}: translated {translated:.3f} vs {baseline_name} {baseline:.3f} "
                f"(ratio {ratio:.2f})")
     if ratio < fail:
@@ -339,6 +350,12 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
     rng = np.random.default_rng(seed)
     translated = translator.translate(old)
     checks, mets, series = [_confidence_check(translator, th)], {"k": k, "n_sample": len(old)}, {}
+    broken = int((~np.isfinite(translated)).any(axis=1).sum())
+    if broken:  # nothing else is meaningful; the gate refuses
+        checks.append(_check("finite output", broken, {"max": 0}, FAIL,
+                             f"{broken} of {len(old)} translated vectors contain NaN or inf"))
+        return QualityReport(verdict=FAIL, checks=checks, metrics=mets,
+                             translator=_translator_summary(translator), cost=_scrub(cost or {}))
 
     # 1. stored vectors as queries, left out of the index so they don't find themselves
     nq = min(n_queries, len(old) // 5) or 1
@@ -738,6 +755,7 @@ def _plots(rep: QualityReport) -> list:
         labels = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
         ax.bar(labels, counts, color="#8172b3")
         ax.tick_params(axis="x", labelsize=8, labelrotation=20)
+        ax.set_yscale("log")  # a good translator puts nearly everything at rank 1
         ax.set_xlabel("rank of the true new-model vector (1 = best)")
         ax.set_ylabel("held-out pairs")
         out.append(("ground-truth ranks", "Rank of each held-out text's true new-model vector "

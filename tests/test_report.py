@@ -244,6 +244,24 @@ def test_worse_than_identity_fails(wn):
     assert ident["status"] == FAIL and rep.verdict == FAIL
 
 
+class NaNOutput(LeastSquares):
+    method = "test-nan"
+
+    def _translate(self, x):
+        out = super()._translate(x)
+        out[::7] = np.nan
+        return out
+
+
+def test_nan_output_fails_instead_of_passing(wn):
+    """NaN compares False with every threshold: the gate must not read that as a pass."""
+    rep = evaluate(fitted(NaNOutput, wn), wn["old"])
+    assert rep.verdict == FAIL
+    assert check(rep, "finite output")["status"] == FAIL
+    json.loads(rep.to_json())  # still serialisable
+    assert "<img" not in rep.to_html()  # no plots without data
+
+
 # --- score scale ---------------------------------------------------------------------------
 
 def test_threshold_mapping_is_monotone(wn, good_report):
