@@ -1,0 +1,604 @@
+"""Chroma: an embedded store folder or a Chroma server.
+
+    chroma:///path/to/persist/collection            chromadb.PersistentClient(path)
+    chroma+http://host:8000/collection              chromadb.HttpClient
+    chroma+https://host/collection?tenant=t&database=d&token_env=CHROMA_TOKEN&timeout=10
+
+Server options: ``tenant``, ``database``, ``token_env`` (the name of an
+environment variable holding a token, sent as ``Authorization: Bearer``, or
+under ``token_header`` e.g. ``X-Chroma-Token``), ``timeout`` (seconds per
+request, default 10) and ``retries`` (default 3, exponential backoff). A
+``user:password@`` in the URI is sent as HTTP basic auth.
+
+How Chroma's model maps onto ``Batch``:
+
+- ids are always strings in Chroma. We read them back as ``str`` and report
+  ``id_type="str"``; ids written from another engine are stored as ``str(id)``.
+- payloads are the record metadata (Chroma's ``None`` metadata is ``{}``).
+  A record's URI, when it has one, travels in the payload under ``"#uri"``:
+  Chroma reserves keys starting with ``#``, so it can never clash with a real
+  metadata key, and ``write`` moves it back into ``uris``.
+- documents travel in ``Batch.documents`` (``None`` when a batch has none).
+- vectors come back as float64 and are cast to float32 (exact: Chroma stores
+  float32).
+
+Scan order: ``collection.get(limit, offset)`` returns records in the order
+of Chroma's internal sequence number: insertion order. Updates and upserts of
+an existing id keep its place; new records go to the end; a deleted record
+disappears, shifting every later offset by one. Ids are not ordered and
+Chroma offers no id range filter, so keyset pagination is impossible. The
+cursor is therefore ``{"offset": n, "last_id": id}``: every page re-reads the
+record before it and checks it is still ``last_id``; if records before the
+cursor were deleted, the cursor is moved back to where ``last_id`` now is,
+so a delete never makes the scan skip records (a deleted anchor is a
+ConflictError: restart the scan, writes are idempotent).
+
+Cutover: Chroma has no aliases, so cutover renames. It is not atomic, and it
+is ordered so that no collection is ever lost: first the live collection is
+renamed to ``<live>__pre_<UTC time>``, then this collection takes the live
+name. The record holds both collections' ids, so ``rollback`` finds them
+whatever they are called now and is idempotent; it also recovers a cutover
+that died between the two renames (see ``rollback``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+import time
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError, UnavailableError,
+                      UsageError)
+from .base import Batch, CollectionInfo, Connector, Cursor, as_float32, check_batch, retry_delays
+from .uri import CollectionURI
+
+import chromadb  # noqa: E402  (the registry checks it is installed before importing us)
+import chromadb.errors as chroma_errors  # noqa: E402
+import httpx  # noqa: E402  (chromadb's own HTTP library)
+
+# Chroma's hnsw "space" <-> our metric names
+SPACE_TO_METRIC = {"l2": "l2", "cosine": "cosine", "ip": "dot"}
+METRIC_TO_SPACE = {v: k for k, v in SPACE_TO_METRIC.items()}
+URI_KEY = "#uri"  # payload key carrying a record's Chroma URI (see module docstring)
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+MAX_NAME = 512
+FIELD_SAMPLE = 1000  # records read by describe() to list metadata fields
+ID_PAGE = 10_000  # ids per request in the ids-only pass of sample()
+ALL_FIELDS = ["embeddings", "metadatas", "documents", "uris"]
+
+_clients: dict = {}  # one client per store per process (PersistentClient must be shared)
+_clients_lock = threading.Lock()
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise UsageError(f"'{name}' is not a valid Chroma collection name",
+                         "use 3-512 characters from a-z A-Z 0-9 . _ -, starting and ending "
+                         "with a letter or digit")
+    return name
+
+
+class ChromaConnector(Connector):
+    engine = "chroma"
+
+    def __init__(self, uri: CollectionURI):
+        super().__init__(uri)
+        opts = uri.options
+        self.is_server = uri.scheme != "chroma"
+        self.tenant = opts.get("tenant") or chromadb.DEFAULT_TENANT
+        self.database = opts.get("database") or chromadb.DEFAULT_DATABASE
+        try:
+            self.timeout = float(opts.get("timeout", 10))
+            self.retries = int(opts.get("retries", 3))
+        except ValueError:
+            raise UsageError(f"bad timeout/retries option in {uri.redacted()}",
+                             "use ?timeout=SECONDS&retries=N with numbers") from None
+        self._dim: int | None = None  # the dimension create_like was asked for
+
+    # --- connecting --------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """The store, safe to print."""
+        if self.is_server:
+            return f"{self.uri.scheme}://{self.uri.host}:{self._port()}"
+        return f"chroma:///{self.uri.path.lstrip('/')}"
+
+    def _port(self) -> int:
+        return self.uri.port or (443 if self.uri.scheme == "chroma+https" else 8000)
+
+    def client(self, create: bool = False):
+        if self.is_server:
+            key = ("http", self.uri.scheme, self.uri.host, self._port(), self.tenant,
+                   self.database, tuple(sorted(self._headers().items())))
+            make = self._http_client
+        else:
+            path = os.path.realpath(self.uri.path)
+            if not create and not os.path.isdir(path):
+                raise NotFoundError(f"no Chroma store at {self.where}",
+                                    "check the folder in the URI (chroma:///path/to/persist/"
+                                    "collection)")
+            key = ("path", path, self.tenant, self.database)
+            make = lambda: chromadb.PersistentClient(path, tenant=self.tenant,  # noqa: E731
+                                                     database=self.database)
+        with _clients_lock:
+            if key not in _clients:
+                _clients[key] = make()
+            return _clients[key]
+
+    def _headers(self) -> dict:
+        headers = {}
+        if self.uri.username:
+            pair = f"{self.uri.username}:{self.uri.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        env = self.uri.options.get("token_env")
+        if env:
+            token = os.environ.get(env)
+            if not token:
+                raise UsageError(f"environment variable {env} (named by ?token_env=) is not set",
+                                 f"export {env}=<your Chroma token>")
+            header = self.uri.options.get("token_header", "Authorization")
+            headers[header] = f"Bearer {token}" if header.lower() == "authorization" else token
+        return headers
+
+    def _http_client(self):
+        # chromadb's HTTP session has no timeout and its constructor already talks
+        # to the server: check the heartbeat ourselves first, bounded.
+        scheme = "https" if self.uri.scheme == "chroma+https" else "http"
+        url = f"{scheme}://{self.uri.host}:{self._port()}/api/v2/heartbeat"
+        headers = self._headers()
+        self._retrying("heartbeat", lambda: httpx.get(url, headers=headers, timeout=self._timeouts())
+                       .raise_for_status())
+        try:
+            client = self._retrying("connect", lambda: chromadb.HttpClient(
+                host=self.uri.host, port=self._port(), ssl=scheme == "https", headers=dict(headers),
+                tenant=self.tenant, database=self.database))
+        except ValueError as e:  # chromadb wraps connection/tenant failures in ValueError
+            if "tenant" in str(e) or "database" in str(e):
+                raise NotFoundError(f"tenant '{self.tenant}' or database '{self.database}' does "
+                                    f"not exist on {self.where}",
+                                    "fix ?tenant= / ?database= in the URI, or create them") from None
+            raise self._unavailable("connect", e) from None
+        session = getattr(getattr(client, "_server", None), "_session", None)
+        if session is not None:  # bound every later request too
+            session.timeout = self._timeouts()
+        return client
+
+    def _timeouts(self):
+        return httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0))
+
+    def _unavailable(self, what: str, err: Exception) -> UnavailableError:
+        return UnavailableError(
+            f"Chroma server {self.where} is unreachable ({what}: {type(err).__name__}) after "
+            f"{self.retries + 1} attempts",
+            "start the server or fix host/port in the URI; for a slow server raise "
+            "?timeout=SECONDS or ?retries=N")
+
+    def _retrying(self, what: str, fn):
+        """Run fn, retrying network failures with backoff (servers only: every call we
+        retry is a read or an idempotent upsert)."""
+        delays = retry_delays(self.retries) if self.is_server else []
+        for attempt in range(len(delays) + 1):
+            try:
+                return fn()
+            except (httpx.TransportError, httpx.HTTPStatusError) as e:
+                if isinstance(e, httpx.HTTPStatusError) and e.response.status_code < 500:
+                    raise self._http_refused(e) from None
+                if attempt == len(delays):
+                    raise self._unavailable(what, e) from None
+                time.sleep(delays[attempt])
+
+    def _http_refused(self, e) -> EmbedMigrateError:
+        code = e.response.status_code
+        if code in (401, 403):
+            return UsageError(f"Chroma server {self.where} refused the credentials (HTTP {code})",
+                              "put a valid token in the variable named by ?token_env=")
+        return UnavailableError(f"Chroma server {self.where} answered HTTP {code} to a heartbeat",
+                                "check the URI points at a Chroma server")
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """One Chroma call with our errors: retries, NotFound, auth."""
+        try:
+            return self._retrying(what, lambda: fn(*args, **kwargs))
+        except chroma_errors.NotFoundError:
+            raise self._not_found() from None
+        except (chroma_errors.ChromaAuthError, chroma_errors.AuthorizationError):
+            raise UsageError(f"Chroma server {self.where} refused the credentials",
+                             "put a valid token in the variable named by ?token_env=") from None
+
+    def _not_found(self, name: str | None = None) -> NotFoundError:
+        name = name or self.name
+        try:
+            names = sorted(c.name for c in self.client().list_collections(limit=6))
+        except Exception:  # the listing is only a hint
+            names = []
+        hint = f" (existing: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
+        return NotFoundError(f"Chroma collection '{name}' does not exist in {self.where}{hint}",
+                             "check the collection name at the end of the URI")
+
+    def _collection(self, name: str | None = None):
+        name = name or self.name
+        try:
+            return self._call("get collection", self.client().get_collection, name,
+                              embedding_function=None)
+        except NotFoundError:
+            raise self._not_found(name) from None
+
+    def _by_id(self, collection_id: str | None):
+        """The collection with this id, whatever it is called now (None if gone)."""
+        if not collection_id:
+            return None
+        import uuid
+        try:
+            return self._call("get collection", self.client().get_collection_by_id,
+                              uuid.UUID(collection_id), embedding_function=None)
+        except NotFoundError:
+            return None
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._call("get collection", self.client().get_collection, name,
+                       embedding_function=None)
+            return True
+        except NotFoundError:
+            return False
+
+    # --- reading -------------------------------------------------------------------
+    def exists(self) -> bool:
+        if not self.is_server and not os.path.isdir(self.uri.path):
+            return False
+        return self._exists(self.name)
+
+    def describe(self) -> CollectionInfo:
+        col = self._collection()
+        count = self._call("count", col.count)
+        first = self._call("get", col.get, limit=FIELD_SAMPLE,
+                           include=["metadatas", "documents", "uris"])
+        payload_fields, string_fields = _fields_seen(first["metadatas"] or [])
+        schema_keys = [k for k in ((col.get_model().serialized_schema or {}).get("keys") or {})
+                       if not k.startswith("#")]
+        payload_fields = sorted(set(payload_fields) | set(schema_keys))
+        if any(u is not None for u in first.get("uris") or []):
+            payload_fields.append(URI_KEY)
+        has_docs = any(d is not None for d in first["documents"] or [])
+        text_fields = (["document"] if has_docs else []) + sorted(string_fields)
+        config = _clean_config(col.configuration_json)
+        return CollectionInfo(
+            engine="chroma", name=col.name, count=count, dim=self._dimension(col) or 0,
+            metric=_metric(config, col.metadata), id_type="str", vector_name=None,
+            payload_fields=payload_fields, text_fields=text_fields,
+            settings={"configuration": config, "metadata": dict(col.metadata or {}),
+                      "id": str(col.id)})
+
+    def _dimension(self, col) -> int | None:
+        """Chroma fixes the dimension with the first record (None while empty)."""
+        dim = col.get_model().dimension
+        if dim:
+            return int(dim)
+        peek = self._call("get", col.get, limit=1, include=["embeddings"])
+        if peek["ids"]:
+            return len(peek["embeddings"][0])
+        return None
+
+    def scan(self, batch_size: int, after: Cursor = None) -> Iterator[tuple[Batch, Cursor]]:
+        if batch_size < 1:
+            raise UsageError(f"batch size must be positive, got {batch_size}", "pass --batch-size >= 1")
+        col = self._collection()
+        offset, last_id = _parse_cursor(after)
+        while True:
+            if last_id is None:
+                page = self._call("scan", col.get, limit=batch_size, offset=offset, include=ALL_FIELDS)
+            else:
+                # re-read the record before the cursor: proves nothing before it was deleted
+                page = self._call("scan", col.get, limit=batch_size + 1, offset=offset - 1,
+                                  include=ALL_FIELDS)
+                if not page["ids"] or page["ids"][0] != last_id:
+                    offset = self._relocate(col, last_id, offset)
+                    continue
+                page = {k: (page[k][1:] if page.get(k) is not None else None) for k in
+                        ("ids", "embeddings", "metadatas", "documents", "uris")}
+            if not page["ids"]:
+                return
+            batch = _to_batch(page)
+            offset += len(batch)
+            last_id = batch.ids[-1]
+            yield batch, {"offset": offset, "last_id": last_id}
+
+    def _relocate(self, col, last_id: str, offset: int) -> int:
+        """Records before the cursor were deleted: find where last_id is now."""
+        window = 10_000
+        start = max(0, offset - 1 - window)
+        ids = self._call("scan", col.get, limit=offset - start, offset=start, include=[])["ids"]
+        if last_id in ids:
+            return start + ids.index(last_id) + 1
+        raise ConflictError(f"the scan cursor's record '{last_id}' was deleted from '{self.name}' "
+                            "or moved too far", "restart the scan from the beginning (writes are "
+                            "idempotent upserts, so already copied records are simply rewritten)")
+
+    def sample(self, n: int, seed: int = 0) -> Batch:
+        col = self._collection()
+        count = self._call("count", col.count)
+        if count == 0:
+            raise DataError(f"Chroma collection '{self.name}' is empty: nothing to sample",
+                            "migrate a collection that holds vectors, or populate it first")
+        rng = np.random.default_rng(seed)
+        positions = np.sort(rng.choice(count, size=min(n, count), replace=False))
+        ids = self._ids_at(col, positions)
+        ids = [ids[i] for i in rng.permutation(len(ids))]  # random order for training
+        return self._fetch(col, ids)
+
+    def _ids_at(self, col, positions: np.ndarray) -> list[str]:
+        """The ids at sorted offsets, reading ids only and only the pages that hold one."""
+        ids: list[str] = []
+        pages = np.unique(positions // ID_PAGE)
+        for page in pages:
+            got = self._call("sample", col.get, limit=ID_PAGE, offset=int(page) * ID_PAGE,
+                             include=[])["ids"]
+            inside = positions[(positions // ID_PAGE) == page] - int(page) * ID_PAGE
+            ids += [got[i] for i in inside if i < len(got)]  # the collection may have shrunk
+        return ids
+
+    def _fetch(self, col, ids: list[str]) -> Batch:
+        """Full records for ids, in the order given (get(ids=) answers in storage order)."""
+        parts = []
+        step = self.max_batch()
+        for start in range(0, len(ids), step):
+            got = self._call("sample", col.get, ids=ids[start:start + step], include=ALL_FIELDS)
+            parts.append(_to_batch(got))
+        merged = _concat(parts)
+        where = {i: k for k, i in enumerate(merged.ids)}
+        order = [where[i] for i in ids if i in where]
+        return Batch([merged.ids[k] for k in order], merged.vectors[order],
+                     [merged.payloads[k] for k in order],
+                     [merged.documents[k] for k in order] if merged.documents is not None else None)
+
+    def max_batch(self) -> int:
+        if not hasattr(self, "_max_batch"):
+            self._max_batch = int(self._call("max batch size", self.client().get_max_batch_size))
+        return self._max_batch
+
+    # --- writing the target -----------------------------------------------------------
+    def create_like(self, source: CollectionInfo, dim: int, *, if_exists: str = "error") -> None:
+        if if_exists not in ("error", "resume", "replace"):
+            raise UsageError(f"if_exists must be error, resume or replace, not '{if_exists}'",
+                             "pass if_exists='resume' or 'replace'")
+        check_name(self.name)
+        if self.exists():
+            if if_exists == "error":
+                raise ConflictError(f"target collection '{self.name}' already exists in {self.where}",
+                                    "choose another target name, or resume into it "
+                                    "(if_exists='resume') or drop and recreate it ('replace')")
+            if if_exists == "resume":
+                have = self._dimension(self._collection())
+                if have is not None and have != dim:
+                    raise DataError(f"target collection '{self.name}' holds vectors of dimension "
+                                    f"{have}, not {dim}", "resume with the same target model, or "
+                                    "replace the target (if_exists='replace')")
+                self._dim = dim
+                return
+            self.drop()
+        configuration, metadata = _target_settings(source)
+        self._call("create collection", self.client(create=True).create_collection, self.name,
+                   configuration=configuration, metadata=metadata or None,
+                   embedding_function=None)
+        self._dim = dim
+
+    def write(self, batch: Batch) -> None:
+        col = self._collection()
+        dim = self._dim or self._dimension(col)
+        batch = check_batch(batch, dim) if dim else check_batch(batch, as_float32(batch.vectors).shape[1])
+        ids = [str(i) for i in batch.ids]
+        metadatas, uris = _split_payloads(batch.payloads)
+        documents = list(batch.documents) if batch.documents is not None else None
+        if documents is not None and len(documents) != len(ids):
+            raise DataError(f"batch has {len(ids)} ids but {len(documents)} documents",
+                            "pass one document (or None) per point")
+        step = self.max_batch()
+        for s in range(0, len(ids), step):
+            e = s + step
+            self._call("upsert", col.upsert, ids=ids[s:e], embeddings=batch.vectors[s:e],
+                       metadatas=metadatas[s:e],
+                       documents=documents[s:e] if documents is not None else None,
+                       uris=uris[s:e] if uris is not None else None)
+        if self._dim is None and dim is None:
+            self._dim = batch.vectors.shape[1]
+
+    def drop(self) -> None:
+        try:
+            self._call("delete collection", self.client().delete_collection, self.name)
+        except NotFoundError:
+            pass  # already gone: dropping is idempotent
+
+    # --- cutover ------------------------------------------------------------------------
+    def plan_cutover(self, live_name: str) -> dict:
+        """The record ``cutover`` will act on, computed without changing anything, so a
+        caller can persist it *before* the renames (then a crash in between is recoverable)."""
+        check_name(live_name)
+        new = self._collection()
+        if new.name == live_name:
+            raise ConflictError(f"'{live_name}' is already this collection", "nothing to cut over")
+        old = self._collection(live_name) if self._exists(live_name) else None
+        retired = None
+        if old is not None:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            retired = _free_name(self, live_name, f"__pre_{stamp}")
+        return {"engine": "chroma", "store": self.where, "live_name": live_name,
+                "new_name": new.name, "new_id": str(new.id),
+                "retired_name": retired, "old_id": str(old.id) if old is not None else None,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def cutover(self, live_name: str, record: dict | None = None) -> dict:
+        """Rename the live collection to ``record['retired_name']``, then this one to
+        ``live_name``. Between the two renames ``live_name`` does not exist (Chroma has
+        no aliases); if the second rename fails, the first is undone."""
+        record = record or self.plan_cutover(live_name)
+        old = self._by_id(record["old_id"])
+        new = self._by_id(record["new_id"])
+        if new is None:
+            raise NotFoundError(f"the collection to serve ('{record['new_name']}') no longer exists",
+                                "re-run the migration to rebuild the target")
+        if old is not None and old.name == live_name:
+            self._call("rename", old.modify, name=record["retired_name"])
+        try:
+            if new.name != live_name:
+                self._call("rename", new.modify, name=live_name)
+        except Exception:
+            self.rollback(record)  # put the old collection back under the live name
+            raise
+        self.name = live_name
+        self.uri = self.uri.with_collection(live_name)
+        return record
+
+    def rollback(self, record: dict) -> None:
+        """Serve the old collection under ``live_name`` again; the new one gets its
+        name back. Idempotent, and it finishes a half-done cutover whichever rename
+        ran. A record that lost its ids (only ``live_name`` and ``new_name``) still
+        works: the retired collection is then found by its ``<live>__pre_<time>`` name."""
+        live, new_name = record["live_name"], record["new_name"]
+        if record.get("new_id"):
+            new = self._by_id(record["new_id"])
+        else:  # without ids: whoever holds the live name is new once new_name is free
+            new = self._named(live) if not self._exists(new_name) else None
+        if new is not None and new.name == live:
+            target = new_name if not self._exists(new_name) else _free_name(self, new_name, "__rolled_back")
+            self._call("rename", new.modify, name=target)
+        old = self._by_id(record.get("old_id")) if record.get("old_id") else None
+        if self._exists(live):  # nothing was renamed yet, or the rollback already ran
+            if old is not None and old.name != live:
+                raise ConflictError(f"'{live}' is now served by another collection, not the one "
+                                    f"the cutover replaced ('{old.name}')",
+                                    f"rename '{live}' away, then run the rollback again")
+            return
+        if old is None and not record.get("old_id"):
+            old = self._named(record["retired_name"]) if record.get("retired_name") else None
+            old = old or self._latest_retired(live)
+        if old is not None:
+            self._call("rename", old.modify, name=live)
+        if self.name == live:
+            self.name = new_name
+            self.uri = self.uri.with_collection(new_name)
+
+    def _named(self, name: str):
+        return self._collection(name) if self._exists(name) else None
+
+    def _latest_retired(self, live: str):
+        pattern = re.compile(re.escape(live[:MAX_NAME]) + r"__pre_\d{8}T\d{6}(_\d+)?$")
+        names = sorted(c.name for c in self._call("list", self.client().list_collections)
+                       if pattern.match(c.name))
+        return self._collection(names[-1]) if names else None
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _free_name(conn: ChromaConnector, base: str, suffix: str) -> str:
+    """base + suffix, shortened to Chroma's 512 characters, unused in the store."""
+    for k in range(100):
+        tail = suffix + (f"_{k}" if k else "")
+        name = base[: MAX_NAME - len(tail)].rstrip("._-") + tail
+        if not conn._exists(name):
+            return name
+    raise ConflictError(f"no free name like '{base}{suffix}'", "delete old retired collections")
+
+
+def _parse_cursor(after) -> tuple[int, str | None]:
+    if after is None:
+        return 0, None
+    if isinstance(after, dict) and isinstance(after.get("offset"), int) and after["offset"] >= 0:
+        last = after.get("last_id")
+        return after["offset"], (str(last) if last is not None and after["offset"] > 0 else None)
+    raise UsageError(f"'{after}' is not a Chroma scan cursor",
+                     "pass back a cursor that scan() yielded ({'offset': n, 'last_id': id})")
+
+
+def _to_batch(page: dict) -> Batch:
+    ids = list(page["ids"])
+    emb = page.get("embeddings")
+    vectors = (np.asarray(emb, dtype=np.float32) if emb is not None and len(emb)
+               else np.zeros((0, 0), np.float32))
+    metadatas = page.get("metadatas") or [None] * len(ids)
+    uris = page.get("uris") or [None] * len(ids)
+    payloads = []
+    for meta, uri in zip(metadatas, uris):
+        payload = dict(meta) if meta else {}
+        if uri is not None:
+            payload[URI_KEY] = uri
+        payloads.append(payload)
+    docs = page.get("documents")
+    documents = list(docs) if docs is not None and any(d is not None for d in docs) else None
+    return Batch(ids, vectors, payloads, documents)
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    if not parts:
+        return Batch([], np.zeros((0, 0), np.float32), [], None)
+    has_docs = any(p.documents is not None for p in parts)
+    return Batch([i for p in parts for i in p.ids], np.concatenate([p.vectors for p in parts]),
+                 [m for p in parts for m in p.payloads],
+                 [d for p in parts for d in (p.documents or [None] * len(p))] if has_docs else None)
+
+
+def _split_payloads(payloads: list[dict]) -> tuple[list, list | None]:
+    """Payloads -> Chroma metadatas (+ uris), validated before anything is written."""
+    from chromadb.api.types import validate_metadata
+    metadatas, uris = [], []
+    for k, payload in enumerate(payloads):
+        meta = dict(payload or {})
+        uris.append(meta.pop(URI_KEY, None))
+        meta = meta or None  # Chroma refuses an empty dict
+        try:
+            validate_metadata(meta)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"payload {k} cannot be stored as Chroma metadata: {e}",
+                            "Chroma metadata values must be str, int, float, bool or non-empty "
+                            "lists of one of those: convert or drop that field first") from None
+        if meta and any(key.startswith("#") for key in meta):
+            raise DataError(f"payload {k} has a key starting with '#', which Chroma reserves",
+                            "rename that payload field")
+        metadatas.append(meta)
+    return metadatas, (uris if any(u is not None for u in uris) else None)
+
+
+def _fields_seen(metadatas: list) -> tuple[list[str], list[str]]:
+    fields, strings = set(), set()
+    for meta in metadatas:
+        for key, value in (meta or {}).items():
+            fields.add(key)
+            if isinstance(value, str):
+                strings.add(key)
+    return sorted(fields), sorted(strings)
+
+
+def _clean_config(config: dict | None) -> dict:
+    """The index part of a collection configuration (no embedding function)."""
+    config = dict(config or {})
+    out = {}
+    for key in ("hnsw", "spann"):
+        if config.get(key):
+            out[key] = {k: v for k, v in config[key].items() if v is not None}
+    return out
+
+
+def _metric(config: dict, metadata: dict | None) -> str:
+    space = ((config.get("hnsw") or {}).get("space") or (config.get("spann") or {}).get("space")
+             or (metadata or {}).get("hnsw:space") or "l2")
+    return SPACE_TO_METRIC.get(space, "l2")
+
+
+def _target_settings(source: CollectionInfo) -> tuple[dict, dict]:
+    """Configuration and metadata for a target like ``source``: Chroma's own index
+    settings when the source is Chroma, else just its metric."""
+    space = METRIC_TO_SPACE[source.metric]
+    if source.engine == "chroma":
+        config = _clean_config(source.settings.get("configuration"))
+        metadata = dict(source.settings.get("metadata") or {})
+    else:
+        config, metadata = {}, {}
+    index = "spann" if "spann" in config and "hnsw" not in config else "hnsw"
+    config.setdefault(index, {})["space"] = space
+    if "hnsw:space" in metadata:
+        metadata["hnsw:space"] = space
+    return config, metadata
