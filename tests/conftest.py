@@ -71,6 +71,7 @@ def make_points(n: int, dim: int, seed: int = 0, *, normalise: bool = True, int_
     if normalise:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = list(range(1, n + 1)) if int_ids else [f"doc-{i:06d}" for i in range(n)]
-    payloads = [{"title": f"entry {i}", "n": i, "tags": ["a", "b"][: i % 3], "score": i / 7,
+    # tags are never empty: Chroma refuses empty lists in metadata (it cannot store them)
+    payloads = [{"title": f"entry {i}", "n": i, "tags": ["a", "b", "c"][: 1 + i % 3], "score": i / 7,
                  "text": f"the text of entry {i}"} for i in range(n)]
     return ids, vectors.astype(np.float32), payloads

@@ -31,6 +31,12 @@ def by_key(ids, *cols):
     return [[c[i] for i in order] for c in cols]
 
 
+def float_tolerant(payloads):
+    """Chroma stores some float metadata one ulp off (9999/7 reads back ...571, not ...5713)."""
+    return [{k: pytest.approx(v, rel=1e-12) if isinstance(v, float) else v for k, v in p.items()}
+            for p in payloads]
+
+
 def test_round_trip_10k_with_payloads(engine, fresh_name):
     ids, vectors, payloads = make_points(10_000, 64, seed=1)
     src_name, dst_name = fresh_name("src"), fresh_name("dst")
@@ -48,9 +54,11 @@ def test_round_trip_10k_with_payloads(engine, fresh_name):
 
     got_ids, got_vecs, got_pays = read_all(dst)
     want_ids, want_vecs, want_pays = by_key(ids, ids, list(vectors), payloads)
+    if info.id_type == "str":  # Chroma stores every id as a string
+        want_ids = [str(i) for i in want_ids]
     assert got_ids == want_ids
     np.testing.assert_allclose(got_vecs, np.asarray(want_vecs), atol=1e-6)
-    assert got_pays == want_pays
+    assert got_pays == float_tolerant(want_pays)
     assert dst.describe().metric == "cosine"
     # the source is untouched
     assert open_collection(engine.uri(src_name)).count() == 10_000
@@ -85,7 +93,7 @@ def test_sample_is_uniform(engine, fresh_name):
         s = conn.sample(n, seed=seed)
         assert len(s) == n and len(set(map(str, s.ids))) == n
         assert s.vectors.shape == (n, 8) and s.vectors.dtype == np.float32
-        counts += np.bincount((np.asarray(s.ids) - 1) // 100, minlength=10)
+        counts += np.bincount((np.asarray([int(str(i)) for i in s.ids]) - 1) // 100, minlength=10)
     # each decile of the id range must be hit n*draws/10 times up to chance;
     # a sampler biased to the first/last rows fails this by a wide margin
     p = stats.chisquare(counts).pvalue
