@@ -166,6 +166,13 @@ class QualityReport:
                      key=lambda c: -_SEVERITY[c["status"]])
         return [f"{c['status']} {c['name']}: {c['explanation']}" for c in bad]
 
+    def add_check(self, name: str, value, threshold, passed: bool, explanation: str) -> None:
+        """Add a PASS/FAIL check computed outside ``evaluate`` (e.g. by apply's
+        verification of the written target) and update the verdict."""
+        self.checks.append(_check(name, value, threshold, PASS if passed else FAIL, explanation))
+        worst = max((c["status"] for c in self.checks), key=lambda st: _SEVERITY[st])
+        self.verdict = PASS if worst == SKIP else worst
+
     @property
     def exit_code(self) -> int:
         return exit_code_for(self.verdict)
@@ -301,10 +308,13 @@ def _skip(name: str, why: str) -> dict:
     return _check(name, None, None, SKIP, why)
 
 
-def _confidence_check(translator, th: Thresholds) -> dict:
+def _confidence_check(translator, th: Thresholds, has_pairs: bool = False) -> dict:
     conf = (translator.meta or {}).get("confidence")
     aligned = conf.get("aligned") if isinstance(conf, dict) else None
     threshold = {"required": th.require_aligned}
+    if aligned is None and has_pairs:
+        return _skip("translator confidence", "the translator reports no label-free confidence; "
+                     "it is measured on held-out pairs instead (checks below)")
     if aligned is None:
         status = WARN if th.require_aligned else PASS
         return _check("translator confidence", None, threshold, status,
@@ -349,7 +359,8 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
     old = check_vectors(old_sample, "old-model sample", translator.old_dim, min_rows=2 * k + 2)
     rng = np.random.default_rng(seed)
     translated = translator.translate(old)
-    checks, mets, series = [_confidence_check(translator, th)], {"k": k, "n_sample": len(old)}, {}
+    checks, mets, series = ([_confidence_check(translator, th, held_out_pairs is not None)],
+                            {"k": k, "n_sample": len(old)}, {})
     broken = int((~np.isfinite(translated)).any(axis=1).sum())
     if broken:  # nothing else is meaningful; the gate refuses
         checks.append(_check("finite output", broken, {"max": 0}, FAIL,
