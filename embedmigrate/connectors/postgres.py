@@ -387,7 +387,7 @@ class PostgresConnector(Connector):
                             "migrating")
         ids = [_id_out(r[0]) for r in rows]
         if rows:
-            vectors = np.stack([r[1].to_numpy() for r in rows]).astype(np.float32, copy=False)
+            vectors = np.stack([r[1] for r in rows]).astype(np.float32)
         else:
             vectors = np.zeros((0, lay.dim), np.float32)
         names = [c.name for c in lay.payload]
@@ -531,11 +531,7 @@ class PostgresConnector(Connector):
 
     def _rows(self, lay: Layout, batch: Batch, payload_cols: list[Column]):
         ids = [_id_in(i, lay.id.typname) for i in batch.ids]
-        if lay.vtype == "halfvec":
-            from pgvector import HalfVector
-            vectors = [HalfVector(v) for v in batch.vectors]
-        else:
-            vectors = list(batch.vectors)  # pgvector dumps numpy rows as vector
+        vectors = _encode(batch.vectors, ">f2" if lay.vtype == "halfvec" else ">f4")
         names = [c.name for c in payload_cols]
         for i, v, p in zip(ids, vectors, batch.payloads):
             yield (i, v, *[p.get(name) for name in names])
@@ -701,10 +697,54 @@ def _register_types(conn) -> None:
     from psycopg.types import TypeInfo
     # schema-qualified: the extension may live outside the search_path (e.g. 'extensions')
     nsp = sql.Identifier(row[0]).as_string(conn)
-    register_vector_info(conn, TypeInfo.fetch(conn, f"{nsp}.vector"))
-    info = TypeInfo.fetch(conn, f"{nsp}.halfvec")
-    if info is not None:
-        register_halfvec_info(conn, info)
+    vector = TypeInfo.fetch(conn, f"{nsp}.vector")
+    register_vector_info(conn, vector)
+    halfvec = TypeInfo.fetch(conn, f"{nsp}.halfvec")
+    if halfvec is not None:
+        register_halfvec_info(conn, halfvec)
+    # our binary adapters on top (the by-oid ones that results and COPY set_types use):
+    # arrays straight from/to the wire format, no pgvector object per row
+    for info, dtype in ((vector, ">f4"), (halfvec, ">f2")):
+        if info is not None:
+            conn.adapters.register_loader(info.oid, type("", (_WireLoader,), {"dtype": dtype}))
+            conn.adapters.register_dumper(
+                _Wire, type("", (_WireDumper,), {"oid": info.oid, "dtype": dtype}))
+
+
+class _Wire(bytes):
+    """One vector already in pgvector's binary format (see _encode)."""
+
+
+def _encode(vectors: np.ndarray, dtype: str) -> list:
+    """pgvector's binary format for each row: int16 dim, int16 unused, big-endian floats.
+    One numpy conversion for the whole batch instead of one object per row."""
+    n, dim = vectors.shape
+    header = np.zeros((n, 2), ">u2")
+    header[:, 0] = dim
+    wire = np.concatenate([header.view(np.uint8).reshape(n, 4),
+                           vectors.astype(dtype).view(np.uint8).reshape(n, -1)], axis=1)
+    return [_Wire(row) for row in map(bytes, wire)]
+
+
+if psycopg is not None:
+    from psycopg.adapt import Dumper, Loader
+    from psycopg.pq import Format
+
+    class _WireLoader(Loader):
+        format = Format.BINARY
+        dtype = ">f4"
+
+        def load(self, data):
+            return np.frombuffer(bytes(data), self.dtype, offset=4)
+
+    class _WireDumper(Dumper):
+        format = Format.BINARY
+        dtype = ">f4"
+
+        def dump(self, obj):
+            if not isinstance(obj, _Wire):
+                obj = _encode(np.asarray(obj, np.float32).reshape(1, -1), self.dtype)[0]
+            return obj
 
 
 def _vector_column_fix(vectors: list[str]) -> str:
