@@ -95,8 +95,8 @@ class PostgresHarness:
             cols += [sql.SQL("{} {}").format(sql.Identifier(f), sql.SQL(types[f])) for f in fields]
             conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, sql.SQL(", ").join(cols)))
             names = sql.SQL(", ").join(map(sql.Identifier, ["id", "embedding", *fields]))
-            with conn.cursor() as cur, cur.copy(
-                    sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, names)) as copy:
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, names)
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
                 copy.set_types([id_type, "vector", *[types[f] for f in fields]])
                 for i, v, p in zip(ids, vectors, payloads):
                     row = [p.get(f) for f in fields]
@@ -112,7 +112,8 @@ class PostgresHarness:
         return collection
 
     def unreachable_uri(self) -> str:
-        return f"postgresql://user:secret@127.0.0.1:{self._closed_port}/db?table=x&connect_timeout=2"
+        return (f"postgresql://user:secret@127.0.0.1:{self._closed_port}/db"
+                "?table=x&connect_timeout=2")
 
 
 def _chown_to(path: Path, user: str | None) -> None:

@@ -266,7 +266,8 @@ def test_payload_types_round_trip_byte_identical(pg, fresh_name):
     assert first["meta"]["nested"] == {"a": [1, 2]} and isinstance(first["raw"], str)
     dst = copy_table(pg, src_name, dst_name, 4, batch_size=50)
     columns = "id, embedding, meta, raw, at, price, labels, ref, flag, blob, body, n_twice"
-    as_text = f"SELECT {', '.join(c + '::text' for c in columns.split(', '))} FROM " + "{} ORDER BY id"
+    as_text = "SELECT " + ", ".join(c + "::text" for c in columns.split(", ")) + \
+        " FROM {} ORDER BY id"
     assert sql(pg, as_text.format(f'"{src_name}"')) == sql(pg, as_text.format(f'"{dst_name}"'))
     # the identity sequence continues after the copied ids
     sql(pg, f'INSERT INTO "{dst_name}" (embedding) VALUES (\'[1,1,1,1]\')')

@@ -48,12 +48,12 @@ from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError
 from .base import Batch, CollectionInfo, Connector, Cursor, check_batch, retry_delays
 from .uri import CollectionURI
 
-try:
-    import psycopg
-    from psycopg import errors as pg_errors
-    from psycopg import sql
-except ImportError:  # pragma: no cover - connectors/__init__ names the extra to install
-    psycopg = None
+# connectors/__init__.py imports this module only once psycopg is known to be installed
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.adapt import Dumper, Loader
+from psycopg.pq import Format
 
 OWN_OPTIONS = ("column", "id", "schema")  # everything else in the query string goes to libpq
 CONNECT_TIMEOUT_S = 5  # per attempt; a user value is capped at MAX_CONNECT_TIMEOUT_S
@@ -458,6 +458,11 @@ class PostgresConnector(Connector):
             raise UsageError(f"the target table '{self.schema}.{self.name}' is the source table",
                              "name a new target table")
         with self._errors():
+            if self._table_oid(source.name, src_schema) is None:
+                raise NotFoundError(f"source table '{src_schema}.{source.name}' is not in the "
+                                    f"target's database '{self.uri.database or '(default)'}'",
+                                    "put the target in the source's database (create_like copies "
+                                    "the table definition with CREATE TABLE ... LIKE)")
             src = self._read_layout(src_schema, source.name, source.vector_name or self.column,
                                     source.settings.get("id_column", self.id_column))
             vtype = _target_vector_type(src, dim, self._indexes(src))
@@ -726,30 +731,29 @@ def _encode(vectors: np.ndarray, dtype: str) -> list:
     return [_Wire(row) for row in map(bytes, wire)]
 
 
-if psycopg is not None:
-    from psycopg.adapt import Dumper, Loader
-    from psycopg.pq import Format
+class _WireLoader(Loader):
+    """A vector / halfvec value as a big-endian numpy row (cast once per batch)."""
+    format = Format.BINARY
+    dtype = ">f4"
 
-    class _WireLoader(Loader):
-        format = Format.BINARY
-        dtype = ">f4"
+    def load(self, data):
+        return np.frombuffer(bytes(data), self.dtype, offset=4)
 
-        def load(self, data):
-            return np.frombuffer(bytes(data), self.dtype, offset=4)
 
-    class _WireDumper(Dumper):
-        format = Format.BINARY
-        dtype = ">f4"
+class _WireDumper(Dumper):
+    format = Format.BINARY
+    dtype = ">f4"
 
-        def dump(self, obj):
-            if not isinstance(obj, _Wire):
-                obj = _encode(np.asarray(obj, np.float32).reshape(1, -1), self.dtype)[0]
-            return obj
+    def dump(self, obj):
+        if not isinstance(obj, _Wire):
+            obj = _encode(np.asarray(obj, np.float32).reshape(1, -1), self.dtype)[0]
+        return obj
 
 
 def _vector_column_fix(vectors: list[str]) -> str:
     if vectors:
-        return f"pass ?column=<vector column> in the URI (vector columns here: {', '.join(vectors)})"
+        return ("pass ?column=<vector column> in the URI (vector columns here: "
+                f"{', '.join(vectors)})")
     return "this table has no vector or halfvec column: point ?table= at the table with the vectors"
 
 
