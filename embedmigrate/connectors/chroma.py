@@ -105,7 +105,10 @@ class ChromaConnector(Connector):
     def where(self) -> str:
         """The store, safe to print."""
         if self.is_server:
-            return f"{self.uri.scheme}://{self.uri.host}:{self._port()}"
+            extra = "".join(f" {k} '{v}'" for k, v, default in
+                            (("tenant", self.tenant, chromadb.DEFAULT_TENANT),
+                             ("database", self.database, chromadb.DEFAULT_DATABASE)) if v != default)
+            return f"{self.uri.scheme}://{self.uri.host}:{self._port()}{extra}"
         return f"chroma:///{self.uri.path.lstrip('/')}"
 
     def _port(self) -> int:
@@ -157,19 +160,23 @@ class ChromaConnector(Connector):
             client = self._retrying("connect", lambda: chromadb.HttpClient(
                 host=self.uri.host, port=self._port(), ssl=scheme == "https", headers=dict(headers),
                 tenant=self.tenant, database=self.database))
-        except ValueError as e:  # chromadb wraps connection/tenant failures in ValueError
-            if "tenant" in str(e) or "database" in str(e):
-                raise NotFoundError(f"tenant '{self.tenant}' or database '{self.database}' does "
-                                    f"not exist on {self.where}",
-                                    "fix ?tenant= / ?database= in the URI, or create them") from None
-            raise self._unavailable("connect", e) from None
+        except (chroma_errors.ChromaAuthError, chroma_errors.AuthorizationError):
+            raise UsageError(f"Chroma server {self.where} refused the credentials",
+                             "put a valid token in the variable named by ?token_env=") from None
+        except (ValueError, chroma_errors.NotFoundError) as e:
+            # chromadb wraps connection and tenant failures in ValueError
+            if "connect to a Chroma server" in str(e):
+                raise self._unavailable("connect", e) from None
+            raise NotFoundError(f"tenant '{self.tenant}' or database '{self.database}' does "
+                                f"not exist on {self.where}",
+                                "fix ?tenant= / ?database= in the URI, or create them") from None
         session = getattr(getattr(client, "_server", None), "_session", None)
         if session is not None:  # bound every later request too
             session.timeout = self._timeouts()
         return client
 
     def _timeouts(self):
-        return httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0))
+        return httpx.Timeout(self.timeout, connect=min(self.timeout, 3.0))
 
     def _unavailable(self, what: str, err: Exception) -> UnavailableError:
         return UnavailableError(
