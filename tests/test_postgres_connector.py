@@ -205,6 +205,25 @@ def test_cutover_swaps_in_one_transaction_and_keeps_the_retired_table(pg, fresh_
     assert not open_collection(pg.uri(retired)).exists()
 
 
+def test_bigserial_sequence_follows_the_live_table(pg, fresh_name):
+    live, nxt = fresh_name("serial"), fresh_name("serial_next")
+    sql(pg, f'CREATE TABLE "{live}" (id bigserial PRIMARY KEY, embedding vector(3), title text)')
+    sql(pg, f"INSERT INTO \"{live}\" (embedding, title) SELECT '[1,2,3]', 't' || g "
+            "FROM generate_series(1, 40) g")
+    dst = copy_table(pg, live, nxt, 3)
+    record = dst.cutover(live)
+    owner = (f"SELECT pg_get_serial_sequence('\"{live}\"', 'id') IS NOT NULL, "
+             f"pg_get_serial_sequence('\"{record['retired']}\"', 'id') IS NOT NULL")
+    assert sql(pg, owner) == [(True, False)]
+    sql(pg, f'INSERT INTO "{live}" (embedding) VALUES (\'[0,0,1]\')')  # the app keeps inserting
+    assert sql(pg, f'SELECT max(id) FROM "{live}"') == [(41,)]
+    open_collection(pg.uri(nxt)).rollback(record)
+    assert sql(pg, owner.replace(record["retired"], nxt)) == [(True, False)]
+    open_collection(pg.uri(nxt)).drop()  # the migrated table goes; the live id default stays
+    sql(pg, f'INSERT INTO "{live}" (embedding) VALUES (\'[0,1,0]\')')
+    assert sql(pg, f'SELECT max(id) FROM "{live}"') == [(42,)]
+
+
 def test_retired_name_fits_63_bytes():
     from datetime import datetime
 

@@ -608,6 +608,7 @@ class PostgresConnector(Connector):
                 raise UsageError(f"the vector index of '{self.schema}.{self.name}' is not built "
                                  "yet", "finish the write (finish_write builds it) before cutover")
             retired = _retired_name(live_name, datetime.now(timezone.utc))
+            sequences: list = []
             with self.conn.transaction():
                 self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                     sql.Literal(LOCK_TIMEOUT)))
@@ -617,12 +618,39 @@ class PostgresConnector(Connector):
                     if self._table_oid(retired) is not None:
                         raise ConflictError(f"table '{self.schema}.{retired}' already exists",
                                             "retry the cutover in a second")
+                    sequences = self._shared_sequences(live_oid, lay.oid)
                     self._rename(live_name, retired)
                 self._rename(self.name, live_name)
+                if live_oid is not None:
+                    self._own_sequences(self.schema, live_name, sequences)
             self._layout_cache = None
         return {"engine": "postgres", "schema": self.schema, "live": live_name,
                 "retired": retired if live_oid is not None else None, "migrated": self.name,
+                "sequences": sequences if live_oid is not None else [],
                 "at": datetime.now(timezone.utc).isoformat()}
+
+    def _shared_sequences(self, live_oid: int, target_oid: int) -> list[list[str]]:
+        """Sequences owned by a live column (serial / bigserial) that the target's defaults
+        also use (LIKE copies ``nextval('live_id_seq')``): [schema, sequence, column]."""
+        return [list(r) for r in self.conn.execute(
+            """SELECT sn.nspname, s.relname, a.attname
+               FROM pg_depend own
+               JOIN pg_class s ON s.oid = own.objid AND s.relkind = 'S'
+               JOIN pg_namespace sn ON sn.oid = s.relnamespace
+               JOIN pg_attribute a ON a.attrelid = own.refobjid AND a.attnum = own.refobjsubid
+               WHERE own.classid = 'pg_class'::regclass AND own.refobjid = %s
+                 AND own.deptype = 'a'
+                 AND EXISTS (SELECT 1 FROM pg_depend use JOIN pg_attrdef ad
+                               ON use.classid = 'pg_attrdef'::regclass AND use.objid = ad.oid
+                             WHERE ad.adrelid = %s AND use.refobjid = s.oid)
+               ORDER BY s.relname""", (live_oid, target_oid)).fetchall()]
+
+    def _own_sequences(self, schema: str, table: str, sequences: list) -> None:
+        """Hand shared sequences to the table now serving (so dropping the retired table
+        later does not take the live table's id default with it)."""
+        for seq_schema, seq, column in sequences:
+            self.conn.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+                sql.Identifier(seq_schema, seq), sql.Identifier(schema, table, column)))
 
     def _rename(self, old: str, new: str) -> None:
         self.conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
@@ -665,6 +693,7 @@ class PostgresConnector(Connector):
             if retired is not None:
                 self.conn.execute(rename.format(sql.Identifier(schema, retired),
                                                 sql.Identifier(live)))
+                self._own_sequences(schema, live, record.get("sequences", []))
         self._layout_cache = None
 
 
