@@ -48,18 +48,18 @@ import os
 import re
 import threading
 import time
+import uuid
 from typing import Iterator
 
+import chromadb  # the registry checks it is installed before importing this module
+import chromadb.errors as chroma_errors
+import httpx  # chromadb's own HTTP library
 import numpy as np
 
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError, UnavailableError,
                       UsageError)
 from .base import Batch, CollectionInfo, Connector, Cursor, as_float32, check_batch, retry_delays
 from .uri import CollectionURI
-
-import chromadb  # noqa: E402  (the registry checks it is installed before importing us)
-import chromadb.errors as chroma_errors  # noqa: E402
-import httpx  # noqa: E402  (chromadb's own HTTP library)
 
 # Chroma's hnsw "space" <-> our metric names
 SPACE_TO_METRIC = {"l2": "l2", "cosine": "cosine", "ip": "dot"}
@@ -212,17 +212,19 @@ class ChromaConnector(Connector):
         try:
             return self._retrying(what, lambda: fn(*args, **kwargs))
         except chroma_errors.NotFoundError:
-            raise self._not_found() from None
+            raise self._not_found(listing=False) from None
         except (chroma_errors.ChromaAuthError, chroma_errors.AuthorizationError):
             raise UsageError(f"Chroma server {self.where} refused the credentials",
                              "put a valid token in the variable named by ?token_env=") from None
 
-    def _not_found(self, name: str | None = None) -> NotFoundError:
+    def _not_found(self, name: str | None = None, listing: bool = True) -> NotFoundError:
         name = name or self.name
+        names = []
         try:
-            names = sorted(c.name for c in self.client().list_collections(limit=6))
+            if listing:
+                names = sorted(c.name for c in self.client().list_collections(limit=6))
         except Exception:  # the listing is only a hint
-            names = []
+            pass
         hint = f" (existing: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
         return NotFoundError(f"Chroma collection '{name}' does not exist in {self.where}{hint}",
                              "check the collection name at the end of the URI")
@@ -239,7 +241,6 @@ class ChromaConnector(Connector):
         """The collection with this id, whatever it is called now (None if gone)."""
         if not collection_id:
             return None
-        import uuid
         try:
             return self._call("get collection", self.client().get_collection_by_id,
                               uuid.UUID(collection_id), embedding_function=None)
