@@ -493,8 +493,14 @@ def do_cutover(plan: Plan, *, forced: bool = False) -> dict:
     if state.stage == "cut_over":
         return {"cutover": "already done", "record": state.get("cutover")}
     dst = open_collection(plan.target.uri)
-    record = dst.cutover(plan.target.live_name)
-    state.update(stage="cut_over", cutover=record, cutover_forced=forced, cutover_at=time.time())
+    pending = dst.plan_cutover(plan.target.live_name)
+    if pending is not None:  # multi-step cutover: persist the plan first, so rollback can finish it
+        state.update(cutover_pending=pending)
+        record = dst.cutover(plan.target.live_name, record=pending)
+    else:
+        record = dst.cutover(plan.target.live_name)
+    state.update(stage="cut_over", cutover=record, cutover_pending=None, cutover_forced=forced,
+                 cutover_at=time.time())
     return {"cutover": "done", "forced": forced, "live_name": plan.target.live_name, "record": record}
 
 
@@ -502,8 +508,8 @@ def rollback(plan: Plan | str) -> dict:
     plan = _as_plan(plan)
     with RunLock(plan.state_dir):
         state = JobState(plan.state_dir)
-        record = state.get("cutover")
-        if state.stage != "cut_over" or not record:
+        record = state.get("cutover") or state.get("cutover_pending")  # pending: died mid-cutover
+        if not record or state.stage not in ("cut_over", "verified", "applied"):
             raise UsageError(f"nothing to roll back: the job is at stage '{state.stage}'",
                              "rollback undoes a cutover; to discard the target use embedmigrate "
                              "cleanup --drop-target")

@@ -138,11 +138,19 @@ class Connector(ABC):
         """Delete this collection (used for targets and explicit cleanup only)."""
 
     # --- cutover --------------------------------------------------------------
+    def plan_cutover(self, live_name: str) -> dict | None:
+        """For engines whose cutover takes several steps (Chroma renames): the
+        record ``cutover`` will follow, computed without changing anything, so
+        the caller can persist it first and ``rollback`` can finish a cutover
+        that died half-way. None where cutover is one atomic step."""
+        return None
+
     @abstractmethod
     def cutover(self, live_name: str) -> dict:
         """Make this collection serve under ``live_name`` (atomic where the
         engine allows it). Returns a JSON-serialisable record that
-        ``rollback`` takes to undo it; the previous collection is kept."""
+        ``rollback`` takes to undo it; the previous collection is kept.
+        Engines with ``plan_cutover`` also accept ``record=`` (the planned one)."""
 
     @abstractmethod
     def rollback(self, record: dict) -> None:

@@ -364,6 +364,9 @@ class ChromaConnector(Connector):
                      [merged.payloads[k] for k in order],
                      [merged.documents[k] for k in order] if merged.documents is not None else None)
 
+    def fetch(self, ids: list) -> Batch:
+        return self._fetch(self._collection(), [str(i) for i in ids])
+
     def max_batch(self) -> int:
         if not hasattr(self, "_max_batch"):
             self._max_batch = int(self._call("max batch size", self.client().get_max_batch_size))
