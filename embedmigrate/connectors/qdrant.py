@@ -36,6 +36,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -89,6 +90,17 @@ def shared_client(path: str | None) -> tuple[QdrantClient, threading.RLock]:
                                     "it with a Qdrant server and use qdrant://host:6333/...") from None
             _shared[key] = (client, threading.RLock())
         return _shared[key]
+
+
+def close_shared_client(path: str | None) -> None:
+    """Close one embedded store's cached client (a later connector reopens it from disk)."""
+    key = ":memory:" if path is None else os.path.realpath(path)
+    with _clients_lock:
+        entry = _shared.pop(key, None)
+    if entry is not None:
+        client, lock = entry
+        with lock:
+            client.close()
 
 
 def close_shared_clients() -> None:
@@ -516,9 +528,12 @@ class QdrantConnector(Connector):
         self._target = None
         self._call("create_collection", self.name, **kwargs)
         try:
-            for field, schema in indexes:
-                self._call("create_payload_index", self.name, field, field_schema=schema,
-                           wait=True)
+            with warnings.catch_warnings():
+                # local mode warns that it ignores payload indexes: we copy them all the same
+                warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+                for field, schema in indexes:
+                    self._call("create_payload_index", self.name, field, field_schema=schema,
+                               wait=True)
         except Exception:
             self._call("delete_collection", self.name)  # nothing half-made is left behind
             raise
