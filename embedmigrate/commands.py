@@ -332,7 +332,7 @@ def _add_written_check(report, expected: np.ndarray, written: np.ndarray) -> Non
     """The target holds what the translator produces for those ids (catches a
     write path that mangles vectors)."""
     cos = metrics.mean_cosine(written, expected)
-    report.add_check("written_matches_translation", round(cos, 6), 0.999, cos >= 0.999,
+    report.add_check("written_matches_translation", round(cos, 6), {"fail_below": 0.999}, cos >= 0.999,
                      "mean cosine between the vectors in the target and the translation of "
                      "their source vectors")
 
@@ -477,7 +477,7 @@ def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True) ->
         report = _evaluate(plan, translator, sample, info)
     else:
         report = _evaluate(plan, translator, sample, info, written=written.vectors[order])
-    report.add_check("ids_and_count_match", target_count, info.count, ids_match,
+    report.add_check("ids_and_count_match", target_count, {"equal_to": info.count}, ids_match,
                      "the target holds exactly the source's ids (count and id checksum)")
     paths = report.write(plan.state_dir / "report")
     if state.stage != "cut_over":
