@@ -12,6 +12,7 @@ qdrant-client's own API on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -82,7 +83,6 @@ class QdrantHarness:
         return self._unreachable
 
     def _locked(self):
-        import contextlib
         return self._lock if self._lock is not None else contextlib.nullcontext()
 
 
@@ -116,28 +116,18 @@ def docker_unavailable_reason() -> str | None:
 
 @pytest.fixture(scope="session")
 def qdrant_server_harness():
-    """A real Qdrant server (qdrant/qdrant image) via testcontainers; skips without Docker."""
+    """A real Qdrant server via testcontainers (image from $QDRANT_IMAGE, else the
+    testcontainers default); skips with a one-line reason where no Docker daemon answers."""
     reason = docker_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from testcontainers.core.container import DockerContainer
-    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.community.qdrant import QdrantContainer
 
-    container = DockerContainer("qdrant/qdrant:latest").with_exposed_ports(6333)
-    container.start()
-    try:
-        wait_for_logs(container, "Qdrant gRPC listening|Actix runtime found", timeout=60)
-        host, port = container.get_container_host_ip(), int(container.get_exposed_port(6333))
+    image = os.environ.get("QDRANT_IMAGE")
+    container = QdrantContainer(image) if image else QdrantContainer()
+    with container:  # starts, waits for the server's ready log line, stops at the end
+        host, port = container.get_container_host_ip(), int(container.exposed_rest_port)
         client = QdrantClient(host=host, port=port, timeout=30, check_compatibility=False)
-        for _ in range(50):  # the REST API can lag the log line by a moment
-            try:
-                client.get_collections()
-                break
-            except Exception:  # noqa: BLE001
-                import time
-                time.sleep(0.2)
         yield QdrantHarness("qdrant-server", client, f"qdrant://{host}:{port}",
                             unreachable=f"qdrant://user:secret@127.0.0.1:{closed_port()}/x")
         client.close()
-    finally:
-        container.stop()

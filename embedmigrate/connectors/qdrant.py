@@ -317,10 +317,10 @@ class QdrantConnector(Connector):
             try:
                 with self._lock:
                     return getattr(client, method)(*args, **kwargs)
-            except EmbedMigrateError:
-                raise
             except Exception as e:  # noqa: BLE001 - classified just below
                 if not _is_transient(e):
+                    if not _is_engine_error(e):
+                        raise  # our own errors and bugs pass through unchanged
                     raise self._user_error(e) from None
                 if attempt == len(delays):
                     raise UnavailableError(
@@ -337,6 +337,9 @@ class QdrantConnector(Connector):
 
     def _user_error(self, e: Exception) -> EmbedMigrateError:
         status = getattr(e, "status_code", None)
+        if status is None and callable(getattr(e, "code", None)):  # gRPC
+            status = {"NOT_FOUND": 404, "ALREADY_EXISTS": 409, "UNAUTHENTICATED": 401,
+                      "PERMISSION_DENIED": 403}.get(getattr(e.code(), "name", ""))
         detail = self._reason(e)
         if isinstance(e, UnexpectedResponse):
             try:
@@ -654,6 +657,17 @@ def _positive(opts: dict, key: str, default: int, allow_zero: bool = False) -> i
         raise UsageError(f"?{key}={opts.get(key)} is not a valid number",
                          f"use a whole number, e.g. ?{key}={default}")
     return value
+
+
+def _is_engine_error(e: Exception) -> bool:
+    """An error Qdrant reported about the request (local mode raises ValueError)."""
+    if isinstance(e, (UnexpectedResponse, ValueError)) and not isinstance(e, EmbedMigrateError):
+        return True
+    try:
+        import grpc
+        return isinstance(e, grpc.RpcError)
+    except ImportError:
+        return False
 
 
 def _is_transient(e: Exception) -> bool:
