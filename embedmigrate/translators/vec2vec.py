@@ -397,6 +397,10 @@ class Vec2Vec(Translator):
         old, new = _normalise(old), _normalise(new)
         evalset = _EvalSet(old, new, cfg.eval_points, cfg.seed)
         guide = self._linear_guide(old, new, pairs) if cfg.init == "linear" else None
+        self.guide = None  # the fitted linear translator is not part of this checkpoint
+        if guide is not None:  # the linear map scored like the restarts, for comparison
+            guide.scores["alignment"] = alignment_scores(
+                evalset.old, guide.lin.translate(evalset.old), evalset.new_ref, evalset.new_other)
         key = self._checkpoint_key(old, new, pairs)
 
         runs = []
@@ -492,8 +496,15 @@ class Vec2Vec(Translator):
         return run
 
     # --- init="linear": the unsupervised linear translator as a guide ---------
+    guide: Translator | None = None  # set to a fitted linear translator to reuse it
+
     def _linear_guide(self, old, new, pairs) -> "_Guide":
         from . import make_translator
+        if self.guide is not None:
+            if (self.guide.old_dim, self.guide.new_dim) != (self.old_dim, self.new_dim):
+                raise UsageError("the guide translator was fitted for other dimensions",
+                                 "fit the guide on the same old and new samples")
+            return _Guide(self.guide, old, new)
         try:
             lin = make_translator("linear", seed=self.config.seed) if _accepts_seed() else make_translator("linear")
         except (ImportError, AttributeError):
