@@ -112,8 +112,7 @@ def _default_live_name(uri, info) -> str:
     if uri.engine == "qdrant":
         # a Qdrant source reached through an alias is switched by that alias;
         # a bare collection needs an alias for the application to follow
-        alias_of = info.settings.get("alias_of")
-        return uri.collection if alias_of else f"{uri.collection}_live"
+        return uri.collection if info.settings.get("alias") else f"{uri.collection}_live"
     return uri.collection
 
 

@@ -95,7 +95,7 @@ def _build_source(engine: str, workdir: Path, docs: list, vectors: np.ndarray) -
 
     from .connectors.qdrant import shared_client
     path = workdir / "qdrant"
-    client = shared_client(str(path))
+    client, _ = shared_client(str(path))
     client.create_collection("wordnet", vectors_config=models.VectorParams(
         size=vectors.shape[1], distance=models.Distance.COSINE))
     client.upsert("wordnet", points=[

@@ -471,14 +471,23 @@ class QdrantConnector(Connector):
         if not chosen:
             raise DataError(f"Qdrant collection '{self.name}' is empty: nothing to sample",
                             "point the source URI at a collection that holds vectors")
+        # a point deleted between the two passes is simply left out
+        return self._retrieve(real, vector_name, chosen)
+
+    def fetch(self, ids: list) -> Batch:
+        real = self._resolve()
+        vector_name, _ = self._vector(self._call("get_collection", real))
+        return self._retrieve(real, vector_name, point_ids(list(ids)))
+
+    def _retrieve(self, real: str, vector_name: str | None, ids: list) -> Batch:
+        """Full points for ids, in the order given (missing ids are left out)."""
         found = {}
-        for start in range(0, len(chosen), RETRIEVE_PAGE):
-            for r in self._call("retrieve", real, ids=chosen[start:start + RETRIEVE_PAGE],
+        for start in range(0, len(ids), RETRIEVE_PAGE):
+            for r in self._call("retrieve", real, ids=ids[start:start + RETRIEVE_PAGE],
                                 with_payload=True,
                                 with_vectors=[vector_name] if vector_name else True):
                 found[str(r.id)] = r
-        # a point deleted between the two passes is simply left out
-        return self._to_batch([found[str(i)] for i in chosen if str(i) in found], vector_name)
+        return self._to_batch([found[str(i)] for i in ids if str(i) in found], vector_name)
 
     def _reservoir_of_ids(self, real: str, n: int, seed: int) -> list:
         """Algorithm R over the ids, vectorised per page: O(n) memory, one cheap pass."""
