@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embedmigrate import commands
-from embedmigrate.connectors import Batch, open_collection
+from embedmigrate.connectors import Batch, open_collection, parse_uri
 from embedmigrate.errors import ConflictError, UsageError
 from embedmigrate.plan import load_plan
 from embedmigrate.state import JobState, RunLock
@@ -38,11 +38,14 @@ def corpus():
     return ids, vectors.astype(np.float32), payloads
 
 
-def make_plan(engine, corpus, tmp_path, fresh_name, **overrides):
+def make_plan(engine, corpus, tmp_path, fresh_name, monkeypatch=None, **overrides):
     ids, vectors, payloads = corpus
     src = fresh_name("src")
     engine.populate(src, ids, vectors, payloads, metric="cosine")
     live = engine.serve(src)
+    password = parse_uri(engine.uri(src)).password
+    if password and monkeypatch is not None:  # plans never store it: it comes from the environment
+        monkeypatch.setenv("PGPASSWORD", password)
     opts = dict(text_field="text", pairs=300, live_name=live if live != src else "")
     opts.update(overrides)
     result = commands.plan(engine.uri(src), "sre", output=tmp_path / "plan.toml",
@@ -58,12 +61,14 @@ def read_by_id(uri):
     return out
 
 
-def test_plan_train_apply_rollback(engine, corpus, tmp_path, fresh_name):
-    planned, src, live = make_plan(engine, corpus, tmp_path, fresh_name)
+def test_plan_train_apply_rollback(engine, corpus, tmp_path, fresh_name, monkeypatch):
+    planned, src, live = make_plan(engine, corpus, tmp_path, fresh_name, monkeypatch)
     plan_path = planned["plan"]
     assert planned["source"]["count"] == N_DOCS and planned["new_dim"] == 384
     text = Path(plan_path).read_text()
     assert "[gate]" in text and "# " in text  # commented and human-editable
+    password = parse_uri(engine.uri(src)).password
+    assert not password or password not in text
 
     trained = commands.train(plan_path, progress=False)
     assert trained["metrics"]["holdout_top1"] > 0.5
