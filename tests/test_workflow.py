@@ -88,6 +88,11 @@ def test_plan_train_apply_rollback(engine, corpus, tmp_path, fresh_name, monkeyp
     np.testing.assert_allclose(np.stack([served[k][0] for k in some]), want, atol=1e-5)
     assert all(served[k][1] == source[k][1] for k in source)
 
+    if password:  # nothing the workflow wrote holds the password
+        for f in [*Path(tmp_path).rglob("*")]:
+            if f.is_file():
+                assert password.encode() not in f.read_bytes(), f
+
     commands.rollback(plan_path)
     back = read_by_id(engine.uri(live))
     np.testing.assert_allclose(np.stack([back[k][0] for k in some]),
