@@ -11,7 +11,7 @@ from embedmigrate.errors import DataError, EmbedMigrateError, UsageError
 from embedmigrate.metrics import mean_cosine, rank_metrics
 from embedmigrate.translators import Translator, make_translator
 from embedmigrate.translators.vec2vec import (Config, Run, Vec2Vec, alignment_scores, cosine_gram,
-                                              lsgan_discriminator_loss, lsgan_generator_loss,
+                                              decide_aligned, lsgan_discriminator_loss, lsgan_generator_loss,
                                               pick_device, reconstruction_loss, use_amp, vsp_loss)
 
 # Tiny networks: one thread avoids thread hand-off costs that dominate at this size.
@@ -107,6 +107,20 @@ def test_alignment_scores_separate_right_from_collapsed():
     assert collapsed["mnn_ratio"] < 0.1
 
 
+def test_decide_aligned_needs_independent_evidence():
+    cfg = Config()
+    good = {"gram_corr": 0.5, "mnn_ratio": 0.8}
+    assert decide_aligned(good, None, None, cfg)[0] is False
+    assert decide_aligned(good, {"mean_cos": 0.8, "at_init": 0.3}, None, cfg)[0] is True
+    assert decide_aligned(good, {"mean_cos": 0.8, "at_init": 0.75}, None, cfg)[0] is False
+    assert decide_aligned({"gram_corr": 0.05, "mnn_ratio": 0.8},
+                          {"mean_cos": 0.9, "at_init": 0.1}, None, cfg)[0] is False
+    confident = {"confidence": {"aligned": True}, "agreement": 0.9}
+    assert decide_aligned(good, None, confident, cfg)[0] is True
+    assert decide_aligned(good, None, {"confidence": {"aligned": False}, "agreement": 0.9}, cfg)[0] is False
+    assert decide_aligned(good, None, dict(confident, agreement=0.2), cfg)[0] is False
+
+
 # --- training -------------------------------------------------------------------------
 
 
@@ -134,7 +148,9 @@ def test_training_beats_chance_and_improves_label_free_criterion(trained, data):
     sel = trained.meta["selection"]
     assert sel["chosen"] == 0 and "gram_corr" in sel["restarts"][0] and sel["why"]
     conf = trained.meta["confidence"]
-    assert isinstance(conf["aligned"], bool) and "gram_corr" in conf and "cycle_error" in conf
+    assert "gram_corr" in conf and "cycle_error" in conf
+    # one random-init restart is never trusted, however good its own scores look
+    assert conf["aligned"] is False and "independent evidence" in conf["reason"]
     # inverse (B1∘T∘A2) maps back into the old space with unit rows
     back = trained.inverse(held_new[:10])
     assert back.shape == (10, 8) and np.allclose(np.linalg.norm(back, axis=1), 1, atol=1e-5)
@@ -156,7 +172,9 @@ def test_restarts_are_recorded_and_best_chosen(data):
     assert [r["seed"] for r in sel["restarts"]] == [0, 1]
     scores = [r["gram_corr"] for r in sel["restarts"]]
     assert scores[sel["chosen"]] == pytest.approx(max(scores), abs=1e-3)
-    assert t.meta["confidence"]["restart_agreement"]["pairs"]
+    agreement = t.meta["confidence"]["restart_agreement"]
+    assert len(agreement["pairs"]) == 1 and -1 <= agreement["at_init"] <= 1
+    assert isinstance(t.meta["confidence"]["aligned"], bool) and t.meta["confidence"]["reason"]
 
 
 def test_save_load_round_trip_is_exact(trained, data, tmp_path):
@@ -237,7 +255,10 @@ def test_linear_init_distils_the_guide_map(data):
     pred = v.translate(held_old)
     assert mean_cosine(pred, held_new) > 0.8
     assert rank_metrics(pred, held_new)["mean_rank"] < 25
-    assert v.meta["confidence"]["guide"]["alignment"]["gram_corr"] > 0.5
+    conf = v.meta["confidence"]
+    assert conf["guide"]["alignment"]["gram_corr"] > 0.5
+    assert conf["guide"]["agreement"] > 0.8
+    assert conf["aligned"] is True and "linear map" in conf["reason"]
     assert v.guide is None  # the guide is not kept (nor saved) with the vec2vec weights
 
 

@@ -218,8 +218,38 @@ def _mutual_nn(a: np.ndarray, b: np.ndarray):
     return i, a_to_b[i], float(len(i) / max(len(a), 1))
 
 
-def is_aligned(scores: dict, cfg: "Config") -> bool:
-    return scores["gram_corr"] >= cfg.min_gram_corr and scores["mnn_ratio"] >= cfg.min_mnn_ratio
+def decide_aligned(scores: dict, agreement: dict | None, guide: dict | None, cfg: "Config"):
+    """``(aligned, reason)``. The scores of one translator are necessary but not
+    sufficient: a map that preserves geometry and matches the distribution
+    scores well even when it sends points to the wrong place (measured on
+    WordNet: a chance-level vec2vec run had gram_corr 0.27, mnn_ratio 0.36).
+    So ``aligned`` also needs independent evidence that the solution is not
+    one arbitrary optimum among many:
+
+    - restarts >= 2: different seeds reached the same map (mean cosine between
+      their translations >= min_agreement) and agree much more than the
+      untrained networks did (the residual init is near a padded identity, so
+      fresh networks agree a little by construction); or
+    - init="linear": the linear translator was itself confident (or fitted on
+      pairs) and vec2vec still agrees with it (>= min_agreement).
+    A single random-init restart has no such evidence and is never "aligned".
+    """
+    if scores["gram_corr"] < cfg.min_gram_corr or scores["mnn_ratio"] < cfg.min_mnn_ratio:
+        return False, (f"weak matching: gram_corr {scores['gram_corr']:.3f} (min {cfg.min_gram_corr}), "
+                       f"mnn_ratio {scores['mnn_ratio']:.3f} (min {cfg.min_mnn_ratio})")
+    if agreement is not None:
+        gain = agreement["mean_cos"] - agreement["at_init"]
+        if agreement["mean_cos"] >= cfg.min_agreement and gain >= cfg.min_agreement_gain:
+            return True, (f"restarts agree: mean cos {agreement['mean_cos']:.3f} "
+                          f"(untrained {agreement['at_init']:.3f})")
+    if guide is not None:
+        conf = guide.get("confidence") or {}
+        trusted = conf.get("aligned") is True or (not conf and guide.get("n_pairs", 0) > 0)
+        if trusted and guide.get("agreement", 0.0) >= cfg.min_agreement:
+            return True, f"agrees with a trusted linear map: mean cos {guide['agreement']:.3f}"
+    if agreement is None and guide is None:
+        return False, "one random-init restart gives no independent evidence: use restarts >= 2 or init='linear'"
+    return False, "restarts (or the linear guide) do not agree on one map"
 
 
 # ------------------------------------------------------------------------------
@@ -264,8 +294,10 @@ class Config:
     guide_steps: int = 1000     # steps over which w_guide decays to 0
     eval_every: int = 250       # label-free evaluation; best snapshot of each restart is kept
     eval_points: int = 2048
-    min_gram_corr: float = 0.2  # confidence thresholds (see alignment_scores)
+    min_gram_corr: float = 0.2  # confidence thresholds (see alignment_scores, decide_aligned)
     min_mnn_ratio: float = 0.25
+    min_agreement: float = 0.5  # mean cosine between restarts, or with the linear guide
+    min_agreement_gain: float = 0.1  # restart agreement above that of the untrained networks
     # runtime
     device: str = "auto"        # "auto" (cuda > mps > cpu) | "cuda" | "mps" | "cpu"
     amp: bool = True            # mixed precision, used on CUDA only
@@ -417,6 +449,9 @@ class Vec2Vec(Translator):
 
         agreement = _restart_agreement(runs, evalset.old, self.old_dim, self.new_dim, cfg) \
             if len(runs) > 1 else None
+        if guide is not None:
+            guide.scores["agreement"] = float(np.mean(np.sum(
+                self._translate(evalset.old) * guide.lin.translate(evalset.old), axis=1)))
         scores = best.best["scores"]
         self.meta["selection"] = {
             "criterion": "gram_corr (mutual-NN matched-pair Gram correlation), ties by mnn_ratio",
@@ -427,12 +462,13 @@ class Vec2Vec(Translator):
             "why": f"restart {chosen} (seed {best.seed}) has the highest gram_corr "
                    f"{scores['gram_corr']:.3f} of {len(runs)} restart(s), at step {best.best['step']}",
         }
+        aligned, reason = decide_aligned(scores, agreement, None if guide is None else guide.scores, cfg)
         self.meta["confidence"] = {
-            "aligned": bool(is_aligned(scores, cfg)),
+            "aligned": aligned, "reason": reason,
             "gram_corr": scores["gram_corr"], "min_gram_corr": cfg.min_gram_corr,
             "mnn_ratio": scores["mnn_ratio"], "min_mnn_ratio": cfg.min_mnn_ratio,
             "cycle_error": scores["cycle_error"],
-            "restart_agreement": agreement,
+            "restart_agreement": agreement, "min_agreement": cfg.min_agreement,
             "guide": None if guide is None else guide.scores,
         }
         self.meta["device"] = str(device)
@@ -661,16 +697,27 @@ def _selection_score(scores: dict) -> tuple:
 def _restart_agreement(runs: list[Run], old_eval: np.ndarray, old_dim, new_dim, cfg) -> dict:
     """Mean cosine between the chosen snapshots' translations of the same old
     points, over every pair of restarts: failures are random, successes agree."""
-    outs = []
+    outs, fresh = [], []
     for run in runs:
         net = Vec2VecNet(old_dim, new_dim, cfg)
         net.load_state_dict(run.best["state"])
-        net.eval()
+        seed_everything(run.seed)  # the untrained network of this restart (Run builds it first)
+        init = Vec2VecNet(old_dim, new_dim, cfg)
         with torch.no_grad():
-            outs.append(net.translate(torch.from_numpy(old_eval)).numpy())
-    cos = [float(np.mean(np.sum(outs[a] * outs[b], axis=1)))
-           for a in range(len(outs)) for b in range(a + 1, len(outs))]
-    return {"mean_cos": float(np.mean(cos)), "pairs": cos}
+            x = torch.from_numpy(old_eval)
+            outs.append(net.eval().translate(x).numpy())
+            fresh.append(init.eval().translate(x).numpy())
+    return {"mean_cos": _mean_pairwise_cos(outs), "at_init": _mean_pairwise_cos(fresh),
+            "pairs": _pairwise_cos(outs)}
+
+
+def _pairwise_cos(outs: list[np.ndarray]) -> list[float]:
+    return [float(np.mean(np.sum(outs[a] * outs[b], axis=1)))
+            for a in range(len(outs)) for b in range(a + 1, len(outs))]
+
+
+def _mean_pairwise_cos(outs: list[np.ndarray]) -> float:
+    return float(np.mean(_pairwise_cos(outs)))
 
 
 def _progress(cfg: Config, total: int, start: int, desc: str):
@@ -688,7 +735,8 @@ class _Guide:
         self.old_t = _normalise(lin.translate(old)).astype(np.float32)
         self.new_t = _normalise(lin.inverse(new)).astype(np.float32)
         conf = getattr(lin, "meta", {}).get("confidence")
-        self.scores = {"method": getattr(lin, "method", "linear"), "confidence": copy.deepcopy(conf)}
+        self.scores = {"method": getattr(lin, "method", "linear"), "confidence": copy.deepcopy(conf),
+                       "n_pairs": getattr(lin, "meta", {}).get("n_pairs", 0)}
 
     def targets(self, device):
         return torch.from_numpy(self.old_t).to(device), torch.from_numpy(self.new_t).to(device)
@@ -696,4 +744,4 @@ class _Guide:
 
 __all__ = ["Vec2Vec", "Config", "Vec2VecNet", "Discriminator", "ResidualMLP", "pick_device",
            "use_amp", "seed_everything", "lsgan_discriminator_loss", "lsgan_generator_loss",
-           "reconstruction_loss", "vsp_loss", "cosine_gram", "alignment_scores", "is_aligned"]
+           "reconstruction_loss", "vsp_loss", "cosine_gram", "alignment_scores", "decide_aligned"]
