@@ -234,13 +234,14 @@ def translate(checkpoint, input_npy, output, inverse, as_json):
 @main.command()
 @click.option("--dir", "workdir", default="embedmigrate-demo", show_default=True)
 @click.option("--engine", type=click.Choice(["chroma", "qdrant"]), default="chroma", show_default=True)
-@click.option("--to-model", default="mpnet", show_default=True)
+@click.option("--from-model", default="wordllama", show_default=True)
+@click.option("--to-model", default="minilm", show_default=True)
 @json_option
 @handled
-def demo(workdir, engine, to_model, as_json):
+def demo(workdir, engine, from_model, to_model, as_json):
     """Full migration on an embedded store with packaged models and a shipped corpus."""
     from .demo import run_demo
-    result = run_demo(workdir, engine=engine, to_model=to_model, progress=not as_json,
+    result = run_demo(workdir, engine=engine, from_model=from_model, to_model=to_model, progress=not as_json,
                       echo=(lambda m: None) if as_json else click.echo)
     emit(result, as_json, lambda r: click.echo(f"report: {r['report']}"))
     sys.exit(ExitCode.OK if result["cutover"] == "done" else ExitCode.FAIL)

@@ -435,10 +435,15 @@ class WordLlamaEncoder(Encoder):
     def model(self):
         if self._model is None:
             package_dir = _package_dir("wordllama", "wordllama")
-            from wordllama import WordLlama
+            import logging
+            root = logging.getLogger()
+            level, handlers = root.level, list(root.handlers)
+            from wordllama import WordLlama  # its import calls logging.basicConfig(level=INFO)
             # cache_dir = the package itself, where the weights ship; never the hub
             self._model = WordLlama.load(config=self.config, cache_dir=package_dir, dim=self.requested_dim,
                                          disable_download=True)
+            root.setLevel(level)
+            root.handlers[:] = handlers
         return self._model
 
     def _native_dim(self) -> int:
