@@ -1,0 +1,341 @@
+"""Unsupervised linear alignment: no pairs, two unpaired samples.
+
+In the spirit of mini-vec2vec (Dar et al. 2025) and MUSE / VecMap refinement:
+
+    1. centre + normalise both clouds;
+    2. anchors from relational structure: k-means both clouds, match the two
+       centroid-similarity graphs with a quadratic assignment (several
+       restarts), repeated over several runs -> a few hundred anchor pairs;
+    3. pseudo-pairs: describe every point by its cosine to the anchors of its
+       side (a relative representation, comparable across spaces) and pair
+       each old point with the mean of its best-matching new points;
+    4. orthogonal Procrustes on the pseudo-pairs;
+    5. refinement: iterate {translate a sample, mean of its k nearest new
+       points, Procrustes, damped update}, then a few rounds of Procrustes on
+       mutual CSLS nearest neighbours over the whole clouds.
+
+Robust by design: several independent restarts (each with its own anchors),
+picked by a label-free score, and a confidence report that can say "this
+did not align". Two clouds with no shared structure still produce *some*
+rotation; what gives them away is that independent restarts disagree and the
+fitted map matches the clouds no better than a rotation fitted from a random
+start. ``meta["confidence"]["aligned"]`` is False then, and the plan / the
+quality gate must refuse to write it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+from .base import _normalise
+from .paired import _AffineMap, centre_normalise, nearest_orthogonal, orthogonal_map, side_stats
+
+
+# --- small building blocks ----------------------------------------------------------------
+
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 12) -> np.ndarray:
+    """Spherical k-means (cosine) with k-means++ seeding; returns unit centroids."""
+    n = len(x)
+    centres = [x[rng.integers(n)]]
+    closest = 1 - x @ centres[0]
+    for _ in range(1, k):
+        p = np.maximum(closest, 0) ** 2
+        centres.append(x[rng.choice(n, p=p / p.sum()) if p.sum() > 0 else rng.integers(n)])
+        closest = np.minimum(closest, 1 - x @ centres[-1])
+    c = np.stack(centres)
+    for _ in range(iterations):
+        label = np.argmax(x @ c.T, axis=1)
+        sums = (label[None, :] == np.arange(k)[:, None]).astype(np.float32) @ x
+        empty = ~np.any(sums, axis=1)
+        sums[empty] = x[rng.integers(n, size=int(empty.sum()))]
+        c = _normalise(sums)
+    return c
+
+
+def similarity_graph(c: np.ndarray) -> np.ndarray:
+    """Centred cosine similarities between centroids (the diagonal is kept:
+    cluster tightness is structure too)."""
+    s = c @ c.T
+    return s - s.mean()
+
+
+def match_graphs(a: np.ndarray, b: np.ndarray, restarts: int, rng) -> tuple[np.ndarray, float]:
+    """Permutation p maximising trace(a P b P^T) (quadratic assignment, 2-opt
+    from random starts). Returns (p, correlation of a with b[p][:, p])."""
+    from scipy.optimize import quadratic_assignment
+
+    best = None
+    for _ in range(restarts):
+        seed = int(rng.integers(2**31))
+        res = quadratic_assignment(a, b, method="2opt",
+                                   options={"maximize": True, "rng": np.random.default_rng(seed),
+                                            "partial_guess": None})
+        if best is None or res.fun > best.fun:
+            best = res
+    p = best.col_ind
+    return p, float(np.corrcoef(a.ravel(), b[p][:, p].ravel())[0, 1])
+
+
+def discover_anchors(xo, xn, runs: int, clusters: int, qap_restarts: int, subsample: int, rng):
+    """Anchor pairs (centroid of old cluster, matched centroid of new cluster)
+    from ``runs`` independent clusterings; runs whose graphs match poorly are
+    dropped (their correlation is reported)."""
+    anchors_o, anchors_n, scores = [], [], []
+    for _ in range(runs):
+        so = xo[rng.choice(len(xo), min(subsample, len(xo)), replace=False)]
+        sn = xn[rng.choice(len(xn), min(subsample, len(xn)), replace=False)]
+        co, cn = kmeans(so, clusters, rng), kmeans(sn, clusters, rng)
+        p, corr = match_graphs(similarity_graph(co), similarity_graph(cn), qap_restarts, rng)
+        anchors_o.append(co)
+        anchors_n.append(cn[p])
+        scores.append(corr)
+    scores = np.array(scores)
+    keep = scores >= np.median(scores) - 0.1  # drop clear QAP failures
+    ao = np.concatenate([a for a, k in zip(anchors_o, keep) if k])
+    an = np.concatenate([a for a, k in zip(anchors_n, keep) if k])
+    return ao, an, scores
+
+
+def relative(x: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Relative representation: cosine to each anchor, standardised per anchor
+    then per row, so the two spaces' descriptions are comparable."""
+    r = x @ anchors.T
+    r = (r - r.mean(axis=0)) / (r.std(axis=0) + 1e-6)
+    return _normalise(r)
+
+
+def topk_indices(sims: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest entries per row (torch's topk is ~10x
+    faster than numpy's argpartition here, and torch is a dependency anyway)."""
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(sims)).topk(k, dim=1).indices.numpy()
+
+
+def topk_mean(queries: np.ndarray, pool: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """For each query row, the mean of its k most similar pool rows."""
+    k = min(k, len(pool))
+    out = np.empty((len(queries), pool.shape[1]), np.float32)
+    for s in range(0, len(queries), block):
+        out[s:s + block] = pool[topk_indices(queries[s:s + block] @ pool.T, k)].mean(axis=1)
+    return out
+
+
+def pseudo_pairs(xo, xn, ao, an, k: int, max_points: int, rng):
+    """Old points paired with the mean of their k best new matches by relative
+    representation (works before any map exists)."""
+    idx = rng.choice(len(xo), min(max_points, len(xo)), replace=False)
+    ro, rn = relative(xo[idx], ao), relative(xn, an)
+    out = np.empty((len(idx), xn.shape[1]), np.float32)
+    for s in range(0, len(idx), 2048):
+        out[s:s + 2048] = xn[topk_indices(ro[s:s + 2048] @ rn.T, min(k, len(xn)))].mean(axis=1)
+    return xo[idx], _normalise(out)
+
+
+def knn_mean_sim(a: np.ndarray, b: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """Mean similarity of each row of a to its k nearest rows of b (CSLS's r term)."""
+    import torch
+    out = np.empty(len(a), np.float32)
+    for s in range(0, len(a), block):
+        sims = torch.from_numpy(a[s:s + block] @ b.T)
+        out[s:s + block] = sims.topk(min(k, len(b)), dim=1).values.mean(dim=1).numpy()
+    return out
+
+
+def mutual_csls_pairs(ta: np.ndarray, b: np.ndarray, k: int = 10, block: int = 2048):
+    """Mutual nearest neighbours under CSLS (Conneau et al. 2018) between the
+    translated old points ``ta`` and the new points ``b``.
+    Returns (rows of ta, rows of b, their CSLS scores)."""
+    r_a = knn_mean_sim(ta, b, k)
+    r_b = knn_mean_sim(b, ta, k)
+    fwd = np.empty(len(ta), np.int64)
+    fwd_score = np.empty(len(ta), np.float32)
+    bwd_best = np.full(len(b), -np.inf, np.float32)
+    bwd = np.zeros(len(b), np.int64)
+    for s in range(0, len(ta), block):
+        csls = 2 * (ta[s:s + block] @ b.T) - r_a[s:s + block, None] - r_b[None, :]
+        fwd[s:s + block] = np.argmax(csls, axis=1)
+        fwd_score[s:s + block] = csls[np.arange(len(csls)), fwd[s:s + block]]
+        col_best = np.argmax(csls, axis=0)
+        col_val = csls[col_best, np.arange(len(b))]
+        better = col_val > bwd_best
+        bwd_best[better], bwd[better] = col_val[better], col_best[better] + s
+    rows = np.arange(len(ta))
+    mutual = bwd[fwd] == rows
+    return rows[mutual], fwd[mutual], fwd_score[mutual]
+
+
+def refine(xo, xn, w, iterations: int = 10, anchors=None, anchor_weight: float = 1.0,
+           k: int = 10, seed: int = 0, max_points: int = 20000):
+    """Procrustes on mutual CSLS nearest neighbours, repeated (MUSE refinement).
+    ``anchors`` = (old, new) known pairs that always stay in the dictionary.
+    Returns (w, history of the mutual-NN rate)."""
+    rng = np.random.default_rng(seed)
+    xo = xo[rng.permutation(len(xo))[:max_points]]
+    xn = xn[rng.permutation(len(xn))[:max_points]]
+    history = []
+    for _ in range(iterations):
+        i, j, _ = mutual_csls_pairs(xo @ w, xn, k)
+        history.append(len(i) / len(xo))
+        a, b, wt = xo[i], xn[j], np.ones(len(i), np.float32)
+        if anchors is not None:
+            a = np.concatenate([a, anchors[0]])
+            b = np.concatenate([b, anchors[1]])
+            wt = np.concatenate([wt, np.full(len(anchors[0]), anchor_weight, np.float32)])
+        if len(a) < 2:
+            break
+        w = orthogonal_map(a, b, wt)
+    return w, history
+
+
+def icp_refine(xo, xn, w, iterations: int, batch: int, k: int, rng, damping: float = 0.5):
+    """mini-vec2vec's first refinement: map a random batch, pair each point with
+    the mean of its k nearest new points, Procrustes, damped update."""
+    for _ in range(iterations):
+        b = xo[rng.choice(len(xo), min(batch, len(xo)), replace=False)]
+        target = _normalise(topk_mean(b @ w, xn, k))
+        w = nearest_orthogonal((1 - damping) * w + damping * orthogonal_map(b, target))
+    return w
+
+
+def translation_score(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Cosine and top-1 among the given rows (for held-out *pairs*)."""
+    p, t = _normalise(pred), _normalise(true)
+    sims = p @ t.T
+    return {"cos": float(np.mean(np.sum(p * t, axis=1))),
+            "top1": float(np.mean(np.argmax(sims, axis=1) == np.arange(len(p))))}
+
+
+# --- label-free diagnostics ----------------------------------------------------------------
+
+def fit_score(xo: np.ndarray, xn: np.ndarray, w: np.ndarray, k: int = 10) -> dict:
+    """How well the translated old cloud sits on the new cloud, without labels:
+    mean similarity of a translated point to its k nearest new points, and the
+    share of translated points that are mutual CSLS neighbours of a new point."""
+    t = xo @ w
+    i, _, csls = mutual_csls_pairs(t, xn, k)
+    return {"knn_sim": float(knn_mean_sim(t, xn, k).mean()),
+            "mutual_nn": float(len(i) / len(xo)),
+            "csls": float(csls.mean()) if len(csls) else 0.0}
+
+
+def agreement(xo: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> float:
+    """Mean cosine between two maps' translations of the same points."""
+    return float(np.mean(np.sum(_normalise(xo @ w1) * _normalise(xo @ w2), axis=1)))
+
+
+def random_rotation(d_in: int, d_out: int, rng) -> np.ndarray:
+    return nearest_orthogonal(rng.standard_normal((d_in, d_out)).astype(np.float32))
+
+
+# --- the translator ---------------------------------------------------------------------------
+
+class UnsupervisedLinear(_AffineMap):
+    """Orthogonal map learned from two unpaired samples (see module doc)."""
+
+    method = "linear"
+
+    @dataclass
+    class Config:
+        restarts: int = 3            # independent anchor discoveries, screened
+        finalists: int = 2           # best screened restarts refined to the end
+        anchor_runs: int = 12        # clusterings per restart
+        clusters: int = 20           # k-means k per clustering
+        qap_restarts: int = 20       # random starts of each graph match
+        anchor_subsample: int = 5000
+        match_k: int = 50            # new points averaged per pseudo-pair
+        pseudo_points: int = 10000
+        screen_iterations: int = 15
+        icp_iterations: int = 60
+        icp_batch: int = 1000
+        icp_k: int = 50
+        refine_iterations: int = 3
+        refine_points: int = 10000
+        csls_k: int = 10
+        max_points: int = 20000      # rows of each sample used (random subset)
+        min_points: int = 500
+        min_agreement: float = 0.8   # restarts must agree this much (mean cosine)
+        min_gain: float = 0.02       # knn_sim above the random-start control
+        seed: int = 0
+
+    # fitting ---------------------------------------------------------------------------
+    def _fit(self, old, new, pairs):
+        cfg = self.config
+        for what, x in (("old-model sample", old), ("new-model sample", new)):
+            if len(x) < cfg.min_points:
+                raise DataError(f"unsupervised alignment needs at least {cfg.min_points} vectors "
+                                f"per side, the {what} has {len(x)}",
+                                "sample more points (plan: sample.old / sample.new) or give pairs")
+        t0 = time.time()
+        rng = np.random.default_rng(cfg.seed)
+        mu_old, s_old = side_stats(old)
+        mu_new, s_new = side_stats(new)
+        xo = centre_normalise(old, mu_old)[rng.permutation(len(old))[:cfg.max_points]]
+        xn = centre_normalise(new, mu_new)[rng.permutation(len(new))[:cfg.max_points]]
+        # held-back rows score restarts on points the refinement never saw
+        n_eval = min(2000, len(xo) // 5)
+        xo_eval, xo_fit = xo[:n_eval], xo[n_eval:]
+
+        # 1. screen: every restart gets anchors, an initial map and a short ICP
+        runs = []
+        for r in range(cfg.restarts):
+            w = self._initial_map(xo_fit, xn, np.random.default_rng([cfg.seed, r]), runs)
+            runs[-1]["w"] = icp_refine(xo_fit, xn, w, cfg.screen_iterations, cfg.icp_batch,
+                                       cfg.icp_k, np.random.default_rng([cfg.seed, r, 1]))
+            runs[-1]["screen"] = fit_score(xo_eval, xn, runs[-1]["w"], cfg.csls_k)
+        # the control: the same short ICP from a random rotation. Two clouds that
+        # share no structure fit a random start as well as an anchored one.
+        control_w = icp_refine(xo_fit, xn, random_rotation(xo.shape[1], xn.shape[1], rng),
+                               cfg.screen_iterations, cfg.icp_batch, cfg.icp_k, rng)
+        control = fit_score(xo_eval, xn, control_w, cfg.csls_k)
+        # 2. finish the best restarts: full ICP, then mutual-CSLS Procrustes rounds
+        ranked = sorted(range(len(runs)), key=lambda r: -runs[r]["screen"]["knn_sim"])
+        finalists = ranked[:max(1, cfg.finalists)]
+        for r in finalists:
+            rr = np.random.default_rng([cfg.seed, r, 2])
+            w = icp_refine(xo_fit, xn, runs[r]["w"], cfg.icp_iterations - cfg.screen_iterations,
+                           cfg.icp_batch, cfg.icp_k, rr)
+            w, runs[r]["history"] = refine(xo_fit, xn, w, cfg.refine_iterations, k=cfg.csls_k,
+                                           seed=int(rr.integers(2**31)),
+                                           max_points=cfg.refine_points)
+            runs[r]["w"], runs[r]["final"] = w, fit_score(xo_eval, xn, w, cfg.csls_k)
+        best = max(finalists, key=lambda r: runs[r]["final"]["knn_sim"])
+        w = runs[best]["w"]
+        agree = {r: agreement(xo_eval, w, runs[r]["w"]) for r in finalists if r != best}
+        agree_best = max(agree.values()) if agree else 1.0
+        gain = runs[best]["screen"]["knn_sim"] - control["knn_sim"]
+        aligned = bool(agree_best >= cfg.min_agreement and gain >= cfg.min_gain)
+        self.meta["selection"] = {
+            "picked": best,
+            "why": ("highest mean similarity of held-back translated old points to their "
+                    f"{cfg.csls_k} nearest new points (knn_sim) among the finalists {finalists}"),
+            "restarts": [{k: v for k, v in r.items() if k != "w"} for r in runs],
+        }
+        self.meta["confidence"] = {
+            "aligned": aligned,
+            "restart_agreement": agree_best,
+            "agreement_with": agree,
+            "knn_sim": runs[best]["final"]["knn_sim"],
+            "mutual_nn": runs[best]["final"]["mutual_nn"],
+            "screen_knn_sim": runs[best]["screen"]["knn_sim"],
+            "random_start_knn_sim": control["knn_sim"],
+            "gain_over_random_start": gain,
+            "thresholds": {"min_agreement": cfg.min_agreement, "min_gain": cfg.min_gain},
+            "rule": ("aligned = restart_agreement >= min_agreement (independent restarts land on "
+                     "the same map) and gain_over_random_start >= min_gain (the anchored start "
+                     "fits the new cloud better than a random one)"),
+        }
+        self.meta["fit_seconds"] = round(time.time() - t0, 1)
+        self._set_map(mu_old, mu_new, w, w.T, s_old, s_new)
+
+    def _initial_map(self, xo, xn, rng, runs: list) -> np.ndarray:
+        """Anchors from matched cluster graphs -> pseudo-pairs -> Procrustes."""
+        cfg = self.config
+        ao, an, corr = discover_anchors(xo, xn, cfg.anchor_runs, cfg.clusters, cfg.qap_restarts,
+                                        cfg.anchor_subsample, rng)
+        po, pn = pseudo_pairs(xo, xn, ao, an, cfg.match_k, cfg.pseudo_points, rng)
+        runs.append({"anchor_graph_corr": corr.round(3).tolist()})
+        return orthogonal_map(po, pn)
