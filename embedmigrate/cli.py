@@ -234,7 +234,7 @@ def translate(checkpoint, input_npy, output, inverse, as_json):
 @main.command()
 @click.option("--dir", "workdir", default="embedmigrate-demo", show_default=True)
 @click.option("--engine", type=click.Choice(["chroma", "qdrant"]), default="chroma", show_default=True)
-@click.option("--from-model", default="wordllama", show_default=True)
+@click.option("--from-model", default="sre", show_default=True)
 @click.option("--to-model", default="minilm", show_default=True)
 @json_option
 @handled

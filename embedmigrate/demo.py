@@ -19,7 +19,7 @@ from .errors import ConflictError
 MARKER = ".embedmigrate-demo"
 
 
-def run_demo(workdir, *, engine: str = "chroma", to_model: str = "mpnet", from_model: str = "minilm",
+def run_demo(workdir, *, engine: str = "chroma", to_model: str = "minilm", from_model: str = "sre",
              pairs: int = 1500, progress: bool = True, echo=print) -> dict:
     from . import commands
     from .demo_data import load_wordnet_sample
