@@ -1,6 +1,7 @@
 """vec2vec on the WordNet benchmark (MiniLM -> MPNet, standard protocol).
 
-    python benchmarks/vec2vec_quality.py --minutes 10 --init random linear
+    python benchmarks/vec2vec_quality.py --minutes 10 --init random linear \
+        --linear-cache /tmp/wordnet-linear
 
 Old sample: rows [0, 20904) MiniLM; new sample: rows [20904, 41808) MPNet
 (disjoint texts: unpaired); held-out: rows [41808, 50000), 8,192 with both.
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from embedmigrate.metrics import mean_cosine, rank_metrics
-from embedmigrate.translators import make_translator
+from embedmigrate.translators import Translator, make_translator
 from embedmigrate.translators.vec2vec import Config, Vec2Vec
 
 DATA = Path("/work/shared/data/wordnet")
@@ -43,6 +44,9 @@ def main():
     ap.add_argument("--init", nargs="+", default=["random", "linear"])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--restarts", type=int, default=1)
+    ap.add_argument("--linear-cache", default=None,
+                    help="directory to save the fitted linear translator to / load it from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     old, new, held_old, held_new = load(Path(args.data))
@@ -52,22 +56,32 @@ def main():
         if init == "linear":
             # fit the unsupervised linear translator once; report it alone, then guide vec2vec
             t0 = time.time()
-            linear = make_translator("linear").fit(old, new)
+            cache = Path(args.linear_cache) if args.linear_cache else None
+            if cache is not None and cache.is_dir():
+                linear = Translator.load(cache)  # fitted earlier on the same samples
+            else:
+                linear = make_translator("linear").fit(old, new)
+                if cache is not None:
+                    linear.save(cache)
             print(json.dumps({"run": "unsupervised linear alone", **evaluate(linear, held_old, held_new),
                               "confidence": linear.meta.get("confidence"),
                               "wall_s": round(time.time() - t0, 1), "threads": args.threads,
                               "date": time.strftime("%Y-%m-%d %H:%M")}, default=float), flush=True)
         cfg = Config(init=init, seed=args.seed, steps=10**6, max_seconds=args.minutes * 60,
-                     progress=False)
+                     restarts=args.restarts, progress=False)
         t0 = time.time()
         v2v = Vec2Vec(cfg)
         v2v.guide = linear
         tr = v2v.fit(old, new)
         hist = tr.meta["selection"]["history"][tr.meta["selection"]["chosen"]]
-        row = {"run": f"vec2vec init={init}", **evaluate(tr, held_old, held_new),
-               "steps": tr.meta["selection"]["restarts"][0]["steps_run"],
-               "best_step": tr.meta["selection"]["restarts"][0]["best_step"],
-               "confidence": {k: v for k, v in tr.meta["confidence"].items() if k != "guide"},
+        conf = tr.meta["confidence"]
+        guide = conf.get("guide") or {}
+        row = {"run": f"vec2vec init={init} restarts={args.restarts}",
+               **evaluate(tr, held_old, held_new),
+               "steps": [r["steps_run"] for r in tr.meta["selection"]["restarts"]],
+               "best_step": [r["best_step"] for r in tr.meta["selection"]["restarts"]],
+               "confidence": {k: v for k, v in conf.items() if k != "guide"},
+               "guide": {k: guide.get(k) for k in ("agreement", "alignment")} if guide else None,
                "history": [{k: round(v, 3) for k, v in h.items()
                             if k in ("step", "gram_corr", "mnn_ratio", "cycle_error")} for h in hist]}
         row.update(wall_s=round(time.time() - t0, 1), threads=args.threads,

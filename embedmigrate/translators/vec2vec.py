@@ -445,7 +445,6 @@ class Vec2Vec(Translator):
         self._net = Vec2VecNet(self.old_dim, self.new_dim, cfg)
         self._net.load_state_dict(best.best["state"])
         self._net.eval()
-        self._device = torch.device("cpu")  # inference stays on CPU: small batches, no transfer cost
 
         agreement = _restart_agreement(runs, evalset.old, self.old_dim, self.new_dim, cfg) \
             if len(runs) > 1 else None
