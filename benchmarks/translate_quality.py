@@ -11,9 +11,9 @@ k rows of the old sample, both encodings.
 
 Each fit runs in a fresh *spawned* subprocess that loads only the arrays it
 needs, fits, saves a checkpoint and reports its wall time and peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole fitting process,
-Python + numpy + torch included). The parent loads the checkpoint (so the
-save/load path is exercised too) and computes every metric with
+(``VmHWM`` from /proc/self/status: the whole fitting process, Python + numpy
++ torch included; ru_maxrss would inherit the parent's peak through exec).
+The parent loads the checkpoint (so the save/load path is exercised too) and computes every metric with
 ``embedmigrate.metrics``.
 """
 
@@ -62,10 +62,22 @@ def _fit_child(data, old_name, new_name, method, k, options, ckpt, queue):
         t = make_translator(method, **options).fit(old, new, pairs=pairs)
         seconds = time.time() - t0
         t.save(ckpt)
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        queue.put({"ok": True, "seconds": seconds, "peak_rss_mb": rss_mb})
+        queue.put({"ok": True, "seconds": seconds, "peak_rss_mb": peak_rss_mb()})
     except Exception as e:  # report, the parent prints it in the table
         queue.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the process's own
+    address space, so unlike ru_maxrss it does not carry over the parent's
+    peak through fork + exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def fit_isolated(data, old_name, new_name, method, k, options, workdir) -> dict:
@@ -215,7 +227,7 @@ def markdown(results: dict, command: str, seconds: float) -> str:
              "all 8,192 true new vectors); R@10 retained, nDCG@10 and recall@10 after translating "
              "all 50,000 documents and searching with the 5,000 new-model queries. Fit time and "
              "peak RSS are per fit, measured in a fresh spawned subprocess "
-             "(`resource.getrusage(RUSAGE_SELF).ru_maxrss`, whole process incl. torch import).", ""]
+             "(`VmHWM` of that process, whole process incl. Python, numpy and torch when used).", ""]
     cols = ["method", "pairs", "cos", "top1", "mean_rank", "r10_retained", "ndcg@10", "recall@10",
             "seconds", "peak_rss_mb", "aligned", "note"]
     head = ["method", "pairs", "cos", "top-1", "mean rank", "R@10 retained", "nDCG@10",
