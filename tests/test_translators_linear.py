@@ -103,15 +103,15 @@ def test_unsupervised_linear_recovers_hidden_rotation(samples, linear_fit):
 
 def test_unrelated_clouds_are_flagged_not_aligned():
     rng = np.random.default_rng(1)
-    old = _normalise(rng.standard_normal((2000, 32)).astype(np.float32))
-    new = _normalise(rng.standard_normal((2000, 48)).astype(np.float32))
+    old = _normalise(rng.standard_normal((1000, 32)).astype(np.float32))
+    new = _normalise(rng.standard_normal((1000, 48)).astype(np.float32))
     t = make_translator("linear", **FAST_LINEAR).fit(old, new)
     assert t.meta["confidence"]["aligned"] is False, t.meta["confidence"]
 
 
 def test_differently_structured_clouds_are_flagged_not_aligned(world):
     other = World(d_old=48, seed=7)
-    t = make_translator("linear", **FAST_LINEAR).fit(world.texts(2000), other.texts(2000))
+    t = make_translator("linear", **FAST_LINEAR).fit(world.texts(1000), other.texts(1000))
     assert t.meta["confidence"]["aligned"] is False, t.meta["confidence"]
 
 
@@ -140,7 +140,7 @@ def test_ridge_recovers_exact_affine_map():
 
 @pytest.mark.parametrize("method", ["procrustes", "ridge", "mlp", "semi"])
 def test_paired_methods_beat_the_mean_control(samples, method):
-    opts = {"max_epochs": 15} if method == "mlp" else {}
+    opts = {"mlp": {"max_epochs": 15, "hidden": 256}, "semi": {"icp_iterations": 10}}.get(method, {})
     t = make_translator(method, **opts).fit(samples["old"], samples["new"], pairs=samples["pairs"])
     held_old, held_new = samples["held"]
     mean = make_translator("mean").fit(samples["old"], samples["new"])
@@ -154,8 +154,12 @@ def test_semi_with_few_pairs_uses_the_unpaired_clouds(samples):
     po, pn = samples["pairs"]
     t = make_translator("semi").fit(samples["old"], samples["new"], pairs=(po[:8], pn[:8]))
     held_old, held_new = samples["held"]
-    assert rank_metrics(t.translate(held_old), held_new)["top1"] >= 0.9
-    assert t.meta["choice"] in ("refined", "pairs-only")
+    semi = rank_metrics(t.translate(held_old), held_new)["top1"]
+    pairs_only = make_translator("procrustes", min_pairs=5).fit(
+        samples["old"], samples["new"], pairs=(po[:8], pn[:8]))
+    assert semi >= 0.9
+    assert semi > rank_metrics(pairs_only.translate(held_old), held_new)["top1"] + 0.2
+    assert t.meta["choice"] == "refined"
 
 
 def test_identity_requires_equal_dims(samples):
@@ -194,7 +198,7 @@ def test_save_load_round_trip_is_exact(samples, linear_fit, method, tmp_path):
     if method == "linear":
         t = linear_fit
     else:
-        opts = {"max_epochs": 2} if method == "mlp" else {}
+        opts = {"mlp": {"max_epochs": 2, "hidden": 64}, "semi": {"icp_iterations": 3}}.get(method, {})
         t = make_translator(method, **opts).fit(old, new, pairs=pairs)
     loaded = Translator.load(t.save(tmp_path / method))
     x, y = samples["held"][0][:200], new[:200]
@@ -269,7 +273,7 @@ def _sre_model_dir():
 @pytest.mark.slow
 def test_real_models_fit_beats_identity_on_held_out_retrieval():
     """all-MiniLM-L6-v2 -> its fine-tuned sibling (sre-embedding-model): a
-    ridge fit on 300 pairs keeps more of the new model's top-10 than using
+    ridge fit on 200 pairs keeps more of the new model's top-10 than using
     the old vectors unchanged."""
     if not WORDNET.is_file():
         pytest.skip(f"real texts not found at {WORDNET}")
@@ -283,11 +287,11 @@ def test_real_models_fit_beats_identity_on_held_out_retrieval():
     from sentence_transformers import SentenceTransformer
 
     with open(WORDNET) as f:
-        texts = [json.loads(line)["text"] for _, line in zip(range(600), f)]
+        texts = [json.loads(line)["text"] for _, line in zip(range(400), f)]
     kw = dict(batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
     old = SentenceTransformer(str(gt.get_model_path()), device="cpu").encode(texts, **kw)
     new = SentenceTransformer(str(sre), device="cpu").encode(texts, **kw)
-    fit, held = slice(0, 300), slice(300, 600)
+    fit, held = slice(0, 200), slice(200, 400)
     t = make_translator("ridge").fit(old[fit], new[fit], pairs=(old[fit], new[fit]))
     translated = recall_retained(new[held], t.translate(old[held]), new[held])
     unchanged = recall_retained(new[held], old[held], new[held])
