@@ -246,13 +246,15 @@ class ResidualMLP(Translator):
 
         po, pn = need_pairs(self.method, pairs, self.config.min_pairs)
         po, pn = _normalise(po), _normalise(pn)
+        train, hold = split_holdout(len(po), self.config.holdout, self.config.seed)
+        # the ridge start sees only the training rows, or the held-out check is rigged
         ridge = Ridge()
-        ridge._fit(old, new, (po, pn))
-        self.inverse_map = ridge  # new -> old uses the ridge inverse
+        ridge._fit(old, new, (po[train], pn[train]))
+        self.inverse_map = Ridge()
+        self.inverse_map._fit(old, new, (po, pn))  # new -> old uses a ridge on all pairs
         torch.manual_seed(self.config.seed)
         device = _device(self.config.device)
         net = _ResidualNet(po.shape[1], pn.shape[1], self.config.hidden, ridge).to(device)
-        train, hold = split_holdout(len(po), self.config.holdout, self.config.seed)
         x = torch.from_numpy(po).to(device)
         y = torch.from_numpy(pn).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.config.lr,
