@@ -227,7 +227,9 @@ def markdown(results: dict, command: str, seconds: float) -> str:
              "all 8,192 true new vectors); R@10 retained, nDCG@10 and recall@10 after translating "
              "all 50,000 documents and searching with the 5,000 new-model queries. Fit time and "
              "peak RSS are per fit, measured in a fresh spawned subprocess "
-             "(`VmHWM` of that process, whole process incl. Python, numpy and torch when used).", ""]
+             "(`VmHWM` of that process, whole process incl. Python, numpy and torch when used).", "",
+             "Findings, targets missed and what was tried: "
+             "[translate_quality_notes.md](translate_quality_notes.md).", ""]
     cols = ["method", "pairs", "cos", "top1", "mean_rank", "r10_retained", "ndcg@10", "recall@10",
             "seconds", "peak_rss_mb", "aligned", "note"]
     head = ["method", "pairs", "cos", "top-1", "mean rank", "R@10 retained", "nDCG@10",
