@@ -61,7 +61,11 @@ def read_by_id(uri):
     return out
 
 
-def test_plan_train_apply_rollback(engine, corpus, tmp_path, fresh_name, monkeypatch):
+# one variant per engine, the closest to production (the conformance suite covers all six)
+@pytest.mark.parametrize("engine_name", ["qdrant_local_harness", "chroma_server_harness",
+                                         "postgres_tcp_harness"])
+def test_plan_train_apply_rollback(engine_name, request, corpus, tmp_path, fresh_name, monkeypatch):
+    engine = request.getfixturevalue(engine_name)
     planned, src, live = make_plan(engine, corpus, tmp_path, fresh_name, monkeypatch)
     plan_path = planned["plan"]
     assert planned["source"]["count"] == N_DOCS and planned["new_dim"] == 384
