@@ -272,6 +272,8 @@ class UnsupervisedLinear(_AffineMap):
                 raise DataError(f"unsupervised alignment needs at least {cfg.min_points} vectors "
                                 f"per side, the {what} has {len(x)}",
                                 "sample more points (plan: sample.old / sample.new) or give pairs")
+        if pairs is not None:
+            self.meta["note"] = "pairs were given and ignored: method 'semi' uses them"
         t0 = time.time()
         rng = np.random.default_rng(cfg.seed)
         mu_old, s_old = side_stats(old)
