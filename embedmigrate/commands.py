@@ -531,7 +531,8 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
             if state.stage != "cut_over" or not record:
                 raise UsageError("the old collection is still live (no cutover yet)",
                                  "cut over first (embedmigrate apply); the source is never dropped before")
-            retired = record.get("retired") or record.get("previous")
+            # the collection that served before the cutover (each engine's record names it)
+            retired = record.get("retired") or record.get("retired_name") or record.get("previous")
             if retired:
                 open_collection(parse_uri(plan.source.uri).with_collection(retired)).drop()
                 done["dropped"].append(retired)

@@ -103,6 +103,13 @@ def test_plan_train_apply_rollback(engine_name, request, corpus, tmp_path, fresh
                                np.stack([source[k][0] for k in some]), atol=1e-6)
     assert JobState(Path(plan_path).with_name("plan.state")).stage == "rolled_back"
 
+    # cut over again, then drop the retired old collection: only on explicit request
+    assert commands.run(plan_path, force=True)["cutover"] == "done"
+    dropped = commands.cleanup(plan_path, drop_old=True)["dropped"]
+    assert len(dropped) == 1
+    assert not open_collection(parse_uri(engine.uri(src)).with_collection(dropped[0])).exists()
+    assert open_collection(engine.uri(live)).count() == N_DOCS
+
 
 @pytest.mark.parametrize("engine_name", ["chroma_embedded_harness"])
 def test_gate_blocks_a_broken_translator(engine_name, request, corpus, tmp_path, fresh_name):
