@@ -82,6 +82,7 @@ class RunLock:
         self.path = Path(state_dir) / "lock"
         self.stale_after = stale_after
         self.held = False
+        self._beat = 0.0
 
     def _owner(self) -> dict | None:
         try:
@@ -133,11 +134,15 @@ class RunLock:
         now = time.time()
         return {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now}
 
-    def heartbeat(self) -> None:
-        if self.held:
+    def heartbeat(self, every: float = 5.0) -> None:
+        """Refresh the lock's heartbeat (at most every ``every`` seconds: it is
+        called once per batch and costs an fsync)."""
+        now = time.time()
+        if self.held and now - self._beat >= every:
             owner = self._owner() or self._record()
-            owner["heartbeat"] = time.time()
+            owner["heartbeat"] = now
             atomic_write_text(self.path, json.dumps(owner))
+            self._beat = now
 
     def release(self) -> None:
         if self.held:
