@@ -62,7 +62,6 @@ class TrainSection:
 @dataclass
 class ApplySection:
     batch_size: int = 1024
-    workers: int = 1
     if_exists: str = "error"  # target exists at the first apply: error | resume | replace
 
 
@@ -193,8 +192,8 @@ def validate(plan: Plan, where: str = "plan") -> None:
     if plan.sample.pairs and not plan.source.text_field:
         raise UsageError(f"{where}: [sample] pairs = {plan.sample.pairs} but [source] has no text_field",
                          "set source.text_field to the field holding each point's text, or pairs = 0")
-    if plan.apply.batch_size < 1 or plan.apply.workers < 1:
-        raise UsageError(f"{where}: [apply] batch_size and workers must be >= 1", "fix the values")
+    if plan.apply.batch_size < 1:
+        raise UsageError(f"{where}: [apply] batch_size must be >= 1", "set batch_size = 1024")
     if plan.apply.if_exists not in ("error", "resume", "replace"):
         raise UsageError(f"{where}: [apply] if_exists = {plan.apply.if_exists!r}",
                          "use \"error\", \"resume\" or \"replace\"")
