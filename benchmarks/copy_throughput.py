@@ -44,9 +44,20 @@ def make_batch(start, n, dim, rng):
 def populate(uri, n, dim, batch=2000):
     from embedmigrate.connectors import CollectionInfo, open_collection
     conn = open_collection(uri)
-    info = CollectionInfo(engine=conn.engine, name=conn.name, count=0, dim=dim, metric="cosine",
-                          id_type="int", payload_fields=["title", "n", "lang"])
-    conn.create_like(info, dim=dim, if_exists="replace")
+    if conn.engine == "postgres":  # create_like copies an existing table: make the source by hand
+        import psycopg
+        from embedmigrate.connectors.uri import parse_uri
+        u = parse_uri(uri)
+        with psycopg.connect(dbname=u.database, user=u.username, host=u.options["host"],
+                             autocommit=True) as pg:
+            pg.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            pg.execute(f"CREATE TABLE {u.collection} (id bigint PRIMARY KEY, embedding vector({dim}), "
+                       "title text, n bigint, lang text)")
+            pg.execute(f"CREATE INDEX ON {u.collection} USING hnsw (embedding vector_cosine_ops)")
+    else:
+        info = CollectionInfo(engine=conn.engine, name="(synthetic)", count=0, dim=dim, metric="cosine",
+                              id_type="int", payload_fields=["title", "n", "lang"])
+        conn.create_like(info, dim=dim, if_exists="replace")
     rng = np.random.default_rng(0)
     for s in range(0, n, batch):
         conn.write(make_batch(s, min(batch, n - s), dim, rng))
