@@ -29,7 +29,7 @@ from . import metrics
 from .connectors import Batch, open_collection, parse_uri
 from .errors import ConflictError, DataError, NotFoundError, UsageError
 from .plan import Plan, load_plan
-from .state import JobState, RunLock, atomic_write_text
+from .state import JobState, RunLock
 from .translators import Translator, make_translator
 
 DEFAULT_PAIRS = 2000
@@ -609,6 +609,3 @@ def translate_file(checkpoint, input_path, output_path, *, inverse: bool = False
 def _as_plan(p) -> Plan:
     return p if isinstance(p, Plan) else load_plan(p)
 
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))

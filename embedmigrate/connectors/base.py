@@ -196,34 +196,6 @@ def check_batch(batch: Batch, dim: int) -> Batch:
     return Batch(list(batch.ids), vectors, batch.payloads, batch.documents)
 
 
-def reservoir_sample(stream: Iterator[Batch], n: int, seed: int) -> Batch:
-    """Uniform sample of n points from a stream of batches in one pass (Algorithm R,
-    vectorised per batch), for engines that cannot sample server-side."""
-    rng = np.random.default_rng(seed)
-    ids: list = []
-    vecs: list = []
-    pays: list = []
-    docs: list = []
-    has_docs = False
-    seen = 0
-    for batch in stream:
-        has_docs = has_docs or batch.documents is not None
-        for i in range(len(batch)):
-            doc = batch.documents[i] if batch.documents is not None else None
-            if seen < n:
-                ids.append(batch.ids[i]); vecs.append(batch.vectors[i])
-                pays.append(batch.payloads[i]); docs.append(doc)
-            else:
-                j = int(rng.integers(0, seen + 1))
-                if j < n:
-                    ids[j] = batch.ids[i]; vecs[j] = batch.vectors[i]
-                    pays[j] = batch.payloads[i]; docs[j] = doc
-            seen += 1
-    dim = vecs[0].shape[0] if vecs else 0
-    return Batch(ids, np.asarray(vecs, dtype=np.float32).reshape(len(vecs), dim), pays,
-                 docs if has_docs else None)
-
-
 def retry_delays(attempts: int = 5, base: float = 0.5, cap: float = 8.0):
     """Exponential backoff delays for bounded retries."""
     return [min(cap, base * math.pow(2, i)) for i in range(attempts)]
