@@ -185,6 +185,7 @@ def _train(plan: Plan, lock: RunLock, *, progress: bool, retrain: bool) -> dict:
                             "new_model": plan.model.new, "source": plan.source.uri,
                             "metrics": scores})
     translator.save(plan.checkpoint_dir)
+    _save_eval_data(plan, data)
     state.update(stage="trained", checkpoint=str(plan.checkpoint_dir), train_metrics=scores,
                  method=translator.meta.get("auto_choice", {}).get("method", translator.method))
     return {"stage": "trained", "checkpoint": str(plan.checkpoint_dir), "method": translator.method,
@@ -238,6 +239,34 @@ def training_data(plan: Plan, *, progress: bool = True) -> dict:
     return {"old": old, "new": new, "pairs": pairs,
             "holdout": (sample.vectors[hold_idx], paired_new[:holdout]) if holdout else None,
             "holdout_ids": [sample.ids[i] for i in hold_idx], "metric": info.metric}
+
+
+EVAL_FILE = "eval.npz"
+
+
+def _save_eval_data(plan: Plan, data: dict) -> None:
+    """What the quality gate needs from training (held-out pairs, the new-model
+    sample), kept so dry runs and verify do not sample and encode again."""
+    path = plan.state_dir / "cache" / EVAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"new": data["new"], "holdout_ids": np.asarray([str(i) for i in data["holdout_ids"]])}
+    if data["holdout"] is not None:
+        arrays["holdout_old"], arrays["holdout_new"] = data["holdout"]
+    tmp = path.with_name(f".{EVAL_FILE}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _load_eval_data(plan: Plan) -> dict | None:
+    has_texts = (plan.sample.pairs and plan.source.text_field) or (plan.sample.texts and plan.sample.new)
+    if not has_texts:
+        return None
+    path = plan.state_dir / "cache" / EVAL_FILE
+    if not path.exists():  # cache cleared (cleanup): rebuild it; encodings are cached too
+        return training_data(plan, progress=False)
+    with np.load(path, allow_pickle=False) as z:
+        held = (z["holdout_old"], z["holdout_new"]) if "holdout_old" in z else None
+        return {"new": z["new"], "holdout": held, "holdout_ids": z["holdout_ids"].tolist()}
 
 
 def training_metrics(translator: Translator, data: dict) -> dict:
@@ -294,8 +323,7 @@ def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
 def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: np.ndarray | None = None):
     from .report import Thresholds, evaluate
     thresholds = Thresholds.from_dict(plan.gate.thresholds)
-    has_texts = (plan.sample.pairs and plan.source.text_field) or (plan.sample.texts and plan.sample.new)
-    data = training_data(plan, progress=False) if has_texts else None  # encodings are cached
+    data = _load_eval_data(plan)
     held_out = data["holdout"] if data else None
     q_new = q_old = relevant = None
     if plan.gate.queries:

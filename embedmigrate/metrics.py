@@ -87,12 +87,7 @@ def neighbourhood_overlap(old: np.ndarray, translated: np.ndarray, k: int = 10,
                           metric: str = "cosine", max_points: int = 2000, seed: int = 0) -> float:
     """Label-free: how much of each point's k-neighbourhood among the old
     vectors survives among the translated vectors (same points, new space)."""
-    n = len(old)
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(n, size=min(n, max_points), replace=False) if n > max_points else np.arange(n)
-    nb_old = top_k(old[idx], old, k + 1, metric)[:, 1:]
-    nb_new = top_k(translated[idx], translated, k + 1, "cosine")[:, 1:]
-    return overlap_at_k(nb_old, nb_new)
+    return float(np.mean(neighbourhood_overlap_per_point(old, translated, k, metric, max_points, seed)))
 
 
 def cycle_error(translator, old: np.ndarray) -> float:
