@@ -70,6 +70,7 @@ class CollectionInfo:
 
 
 Cursor = Any  # JSON-serialisable scan position: engine-specific (last id, offset ...)
+Part = Any  # JSON-serialisable range of a collection (see partitions()); None is all of it
 
 
 class Connector(ABC):
@@ -100,12 +101,22 @@ class Connector(ABC):
         """A uniform random sample of min(n, count) points, without replacement."""
 
     @abstractmethod
-    def scan(self, batch_size: int, after: Cursor = None) -> Iterator[tuple[Batch, Cursor]]:
-        """Stream the whole collection in a stable order, in constant memory.
+    def scan(self, batch_size: int, after: Cursor = None,
+             part: Part = None) -> Iterator[tuple[Batch, Cursor]]:
+        """Stream the whole collection (or one ``part`` of it) in a stable order,
+        in constant memory.
 
-        Yields ``(batch, cursor)``; passing ``cursor`` back as ``after``
-        resumes right after that batch, in a new process too.
+        Yields ``(batch, cursor)``; passing ``cursor`` back as ``after`` (with
+        the same ``part``) resumes right after that batch, in a new process too.
         """
+
+    def partitions(self, n: int) -> list[Part]:
+        """Split the collection into at most ``n`` disjoint parts that together
+        cover it, each scanned on its own with ``scan(part=...)`` (by another
+        thread, process or machine). Parts are JSON (id or offset ranges); the
+        last one is open-ended so points added later still fall in a part.
+        Engines that cannot split return one part, the whole collection."""
+        return [None]
 
     def count(self) -> int:
         return self.describe().count
@@ -194,6 +205,12 @@ def check_batch(batch: Batch, dim: int) -> Batch:
     if len(set(map(str, batch.ids))) != len(batch.ids):
         raise DataError("batch contains duplicate ids", "deduplicate ids before writing")
     return Batch(list(batch.ids), vectors, batch.payloads, batch.documents)
+
+
+def quantile_positions(count: int, n: int) -> list[int]:
+    """Start positions of ``n`` near-equal slices of ``count`` items (the first is 0)."""
+    n = max(1, min(int(n), count))
+    return [count * k // n for k in range(n)]
 
 
 def retry_delays(attempts: int = 5, base: float = 0.5, cap: float = 8.0):

@@ -58,7 +58,8 @@ import numpy as np
 
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError, UnavailableError,
                       UsageError)
-from .base import Batch, CollectionInfo, Connector, Cursor, as_float32, check_batch, retry_delays
+from .base import (Batch, CollectionInfo, Connector, Cursor, Part, as_float32, check_batch,
+                   quantile_positions, retry_delays)
 from .uri import CollectionURI
 
 # Chroma's hnsw "space" <-> our metric names
@@ -292,17 +293,22 @@ class ChromaConnector(Connector):
             return len(peek["embeddings"][0])
         return None
 
-    def scan(self, batch_size: int, after: Cursor = None) -> Iterator[tuple[Batch, Cursor]]:
+    def scan(self, batch_size: int, after: Cursor = None,
+             part: Part = None) -> Iterator[tuple[Batch, Cursor]]:
+        """Offset pages in Chroma's storage order. A part is ``{"start": n, "stop": m}``:
+        positions [start, stop), stop None for "to the end"."""
         if batch_size < 1:
             raise UsageError(f"batch size must be positive, got {batch_size}", "pass --batch-size >= 1")
         col = self._collection()
-        offset, last_id = _parse_cursor(after)
-        while True:
+        start, stop = _part_bounds(part)
+        offset, last_id = _parse_cursor(after) if after is not None else (start, None)
+        while stop is None or offset < stop:
+            limit = batch_size if stop is None else min(batch_size, stop - offset)
             if last_id is None:
-                page = self._call("scan", col.get, limit=batch_size, offset=offset, include=ALL_FIELDS)
+                page = self._call("scan", col.get, limit=limit, offset=offset, include=ALL_FIELDS)
             else:
                 # re-read the record before the cursor: proves nothing before it was deleted
-                page = self._call("scan", col.get, limit=batch_size + 1, offset=offset - 1,
+                page = self._call("scan", col.get, limit=limit + 1, offset=offset - 1,
                                   include=ALL_FIELDS)
                 if not page["ids"] or page["ids"][0] != last_id:
                     offset = self._relocate(col, last_id, offset)
@@ -315,6 +321,15 @@ class ChromaConnector(Connector):
             offset += len(batch)
             last_id = batch.ids[-1]
             yield batch, {"offset": offset, "last_id": last_id}
+
+    def partitions(self, n: int) -> list[Part]:
+        """Position ranges of near-equal size; the last is open-ended, so records
+        added during the migration (appended at the end) fall in it."""
+        count = self._call("count", self._collection().count)
+        if n <= 1 or count < 2:
+            return [None]
+        starts = quantile_positions(count, n)
+        return [{"start": a, "stop": b} for a, b in zip(starts, [*starts[1:], None])]
 
     def _relocate(self, col, last_id: str, offset: int) -> int:
         """Records before the cursor were deleted: find where last_id is now."""
@@ -513,6 +528,16 @@ def _free_name(conn: ChromaConnector, base: str, suffix: str) -> str:
         if not conn._exists(name):
             return name
     raise ConflictError(f"no free name like '{base}{suffix}'", "delete old retired collections")
+
+
+def _part_bounds(part) -> tuple[int, int | None]:
+    if part is None:
+        return 0, None
+    if (isinstance(part, dict) and set(part) == {"start", "stop"} and isinstance(part["start"], int)
+            and (part["stop"] is None or isinstance(part["stop"], int))):
+        return part["start"], part["stop"]
+    raise UsageError(f"{part!r} is not a Chroma scan part",
+                     "pass a part that partitions() returned ({'start': n, 'stop': m})")
 
 
 def _parse_cursor(after) -> tuple[int, str | None]:

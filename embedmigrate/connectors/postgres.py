@@ -45,7 +45,8 @@ import numpy as np
 
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError,
                       UnavailableError, UsageError)
-from .base import Batch, CollectionInfo, Connector, Cursor, check_batch, retry_delays
+from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
+                   quantile_positions, retry_delays)
 from .uri import CollectionURI
 
 # connectors/__init__.py imports this module only once psycopg is known to be installed
@@ -409,22 +410,31 @@ class PostgresConnector(Connector):
                                 "point the URI at the table that holds the vectors")
             return self._to_batch(lay, rows)
 
-    def scan(self, batch_size: int, after: Cursor = None) -> Iterator[tuple[Batch, Cursor]]:
+    def scan(self, batch_size: int, after: Cursor = None,
+             part: Part = None) -> Iterator[tuple[Batch, Cursor]]:
+        """Keyset pagination in id order; the cursor is the last id read. A part is
+        ``{"from": id, "to": id}``: ids in [from, to), either end open (None)."""
         with self._errors():
             lay = self._layout()
         if batch_size < 1:
             raise UsageError(f"batch size {batch_size} must be at least 1", "pass --batch-size N")
         ident = sql.Identifier(lay.id.name)
-        first = sql.SQL("{} ORDER BY {} LIMIT %s").format(self._select(lay), ident)
-        rest = sql.SQL("{} WHERE {} > %s ORDER BY {} LIMIT %s").format(self._select(lay), ident,
-                                                                      ident)
+        low, high = _part_bounds(part, lay.id.typname)
         last = _id_in(after, lay.id.typname) if after is not None else None
         while True:
+            where, args = [], []
+            if last is not None:
+                where, args = [sql.SQL("{} > %s").format(ident)], [last]
+            elif low is not None:
+                where, args = [sql.SQL("{} >= %s").format(ident)], [low]
+            if high is not None:
+                where.append(sql.SQL("{} < %s").format(ident))
+                args.append(high)
+            query = sql.SQL("{} {} ORDER BY {} LIMIT %s").format(
+                self._select(lay),
+                sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""), ident)
             with self._errors():
-                if last is None:
-                    rows = self.conn.execute(first, (batch_size,), binary=True).fetchall()
-                else:
-                    rows = self.conn.execute(rest, (last, batch_size), binary=True).fetchall()
+                rows = self.conn.execute(query, (*args, batch_size), binary=True).fetchall()
                 if not rows:
                     return
                 batch = self._to_batch(lay, rows)
@@ -432,6 +442,22 @@ class PostgresConnector(Connector):
             yield batch, _id_out(last)
             if len(rows) < batch_size:
                 return
+
+    def partitions(self, n: int) -> list[Part]:
+        """Id ranges of near-equal size, cut at the ids found at evenly spaced
+        positions of the primary key (an index-only walk per cut)."""
+        with self._errors():
+            lay = self._layout()
+            count = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident())
+                                      ).fetchone()[0]
+            if n <= 1 or count < 2:
+                return [None]
+            at = sql.SQL("SELECT {id} FROM {t} ORDER BY {id} OFFSET %s LIMIT 1").format(
+                id=sql.Identifier(lay.id.name), t=self._ident())
+            cuts = [_id_out(self.conn.execute(at, (pos,)).fetchone()[0])
+                    for pos in quantile_positions(count, n)[1:]]
+        bounds = [None, *dict.fromkeys(cuts), None]  # distinct cuts, in order
+        return [{"from": a, "to": b} for a, b in zip(bounds, bounds[1:])]
 
     def fetch(self, ids: list) -> Batch:
         with self._errors():
@@ -799,6 +825,15 @@ def _id_in(value, typname: str):
     if typname == "uuid":
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     return value if typname not in TEXT_TYPES else str(value)
+
+
+def _part_bounds(part, typname: str) -> tuple:
+    if part is None:
+        return None, None
+    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
+        raise UsageError(f"{part!r} is not a PostgreSQL scan part",
+                         "pass a part that partitions() returned ({'from': id, 'to': id})")
+    return tuple(None if part.get(k) is None else _id_in(part[k], typname) for k in ("from", "to"))
 
 
 def _id_out(value):

@@ -46,7 +46,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError,
                       UnavailableError, UsageError)
-from .base import Batch, CollectionInfo, Connector, Cursor, check_batch, retry_delays
+from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
+                   quantile_positions, retry_delays)
 from .uri import CollectionURI
 
 DISTANCE_TO_METRIC = {models.Distance.COSINE: "cosine", models.Distance.DOT: "dot",
@@ -440,26 +441,48 @@ class QdrantConnector(Connector):
         return Batch([r.id for r in records], np.asarray(raw, dtype=np.float32),
                      [r.payload or {} for r in records])
 
-    def scan(self, batch_size: int, after: Cursor = None) -> Iterator[tuple[Batch, Cursor]]:
+    def scan(self, batch_size: int, after: Cursor = None,
+             part: Part = None) -> Iterator[tuple[Batch, Cursor]]:
         """Scroll in id order. The cursor is ``{"next_id": id}``, the first id of the next
-        batch (``None`` once the collection is exhausted); a bare id is accepted too."""
+        batch (``None`` once the collection or part is exhausted); a bare id is accepted
+        too. A part is ``{"from": id, "to": id}``: ids in [from, to), ends open as None."""
         if batch_size < 1:
             raise UsageError(f"batch size must be positive, got {batch_size}", "use e.g. 1000")
+        start, stop = _part_bounds(part)
         offset = after.get("next_id") if isinstance(after, dict) else after
         if isinstance(after, dict) and offset is None:
             return  # the saved cursor says the scan had finished
+        offset = start if after is None else offset
         real = self._resolve()
         vector_name, _ = self._vector(self._call("get_collection", real))
         with_vectors = [vector_name] if vector_name else True
         while True:
             records, next_id = self._call("scroll", real, limit=batch_size, offset=offset,
                                           with_payload=True, with_vectors=with_vectors)
+            if stop is not None:
+                inside = [r for r in records if _id_order(r.id) < _id_order(stop)]
+                if len(inside) < len(records) or (next_id is not None
+                                                  and _id_order(next_id) >= _id_order(stop)):
+                    records, next_id = inside, None
             if not records:
                 return
             yield self._to_batch(records, vector_name), {"next_id": next_id}
             if next_id is None:
                 return
             offset = next_id
+
+    def partitions(self, n: int) -> list[Part]:
+        """Id ranges cut at quantiles of a uniform sample of ids (one id-only scroll;
+        the sample is 200 ids per part, so parts are near-equal, not exactly equal)."""
+        real = self._resolve()
+        if n <= 1:
+            return [None]
+        ids = sorted(self._reservoir_of_ids(real, 200 * n, seed=0), key=_id_order)
+        if len(ids) < 2:
+            return [None]
+        cuts = [ids[pos] for pos in quantile_positions(len(ids), n)[1:]]
+        bounds = [None, *dict.fromkeys(cuts), None]
+        return [{"from": a, "to": b} for a, b in zip(bounds, bounds[1:])]
 
     def sample(self, n: int, seed: int = 0) -> Batch:
         """A seeded uniform sample: a reservoir over one id-only scroll, then a retrieve."""
@@ -692,3 +715,20 @@ def _is_transient(e: Exception) -> bool:
     except ImportError:
         pass
     return isinstance(e, (ConnectionError, TimeoutError))
+
+
+def _id_order(point_id) -> tuple:
+    """Qdrant's scroll order: integer ids first, then UUIDs (their canonical lowercase
+    strings sort like the 128-bit numbers the server compares)."""
+    if isinstance(point_id, int):
+        return (0, point_id, "")
+    return (1, 0, str(uuid.UUID(str(point_id))))
+
+
+def _part_bounds(part) -> tuple:
+    if part is None:
+        return None, None
+    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
+        raise UsageError(f"{part!r} is not a Qdrant scan part",
+                         "pass a part that partitions() returned ({'from': id, 'to': id})")
+    return part.get("from"), part.get("to")
