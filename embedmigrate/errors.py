@@ -64,3 +64,31 @@ class MissingDependencyError(UsageError):
         # (a model that ships in its own package, pyarrow ...)
         super().__init__(f"the optional dependency '{package}' is not installed",
                          f"pip install {pip}" if pip else f"pip install 'embedmigrate[{extra}]'")
+
+
+# errno names -> what the user can do about a failed file write
+_DISK_FULL = ("ENOSPC", "EDQUOT", "EFBIG")
+_NOT_ALLOWED = ("EACCES", "EPERM", "EROFS")
+_NOT_A_FOLDER = ("ENOTDIR", "EISDIR", "EEXIST")
+
+
+def file_error(err: OSError, path=None, *, elsewhere: str = "choose another folder",
+               action: str = "write") -> UsageError:
+    """A failed read or write of a file or folder, as one line that names the fix.
+
+    ``elsewhere`` says how to point the command at another folder (an option or
+    a plan key), so the message can name it.
+    """
+    import errno as errno_names
+    name = errno_names.errorcode.get(err.errno or 0, "")
+    where = path if path is not None else (err.filename or "a file")
+    reason = err.strerror or type(err).__name__
+    if name in _DISK_FULL:
+        fix = f"free disk space (or raise the disk quota / file size limit), or {elsewhere}"
+    elif name in _NOT_ALLOWED:
+        fix = f"fix the permissions of that folder for this user, or {elsewhere}"
+    elif name in _NOT_A_FOLDER:
+        fix = f"a part of that path is a file where a folder is needed: {elsewhere}"
+    else:
+        fix = f"check that folder and the disk, or {elsewhere}"
+    return UsageError(f"cannot {action} {where}: {reason}", fix)

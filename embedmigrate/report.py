@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .errors import DataError, ExitCode, UsageError
+from .errors import DataError, ExitCode, UsageError, file_error
 from .translators.base import check_vectors
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -214,39 +214,45 @@ class QualityReport:
         return scrub_secrets(_render_html(self))
 
     def write(self, out_dir) -> dict:
-        """Write report.html, report.json and report.md into ``out_dir``
-        atomically (temp file + rename). Returns {"html": path, ...}."""
+        """Write report.html, report.json and report.md into ``out_dir``. All three
+        are written to temporary files first and renamed only when every one is
+        complete, so a full disk leaves the previous report set, never a torn file
+        or a mix of old and new. Returns {"html": path, ...}."""
         texts = {"json": self.to_json(), "md": self.to_markdown(), "html": self.to_html()}
         out_dir = Path(out_dir)
+        staged: dict = {}
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
+            for kind, text in texts.items():
+                staged[kind] = _write_temp(out_dir / REPORT_FILES[kind], text)
+            paths = {}
+            for kind in list(staged):
+                paths[kind] = out_dir / REPORT_FILES[kind]
+                os.replace(staged.pop(kind), paths[kind])
         except OSError as e:
-            raise UsageError(f"cannot create report directory {out_dir}: {e.strerror or e}",
-                             "pass a writable --report-dir") from None
-        paths = {}
-        for kind, text in texts.items():
-            paths[kind] = _atomic_write(out_dir / REPORT_FILES[kind], text)
+            for tmp in staged.values():
+                Path(tmp).unlink(missing_ok=True)
+            raise file_error(e, out_dir, elsewhere=REPORT_ELSEWHERE) from None
         return paths
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise UsageError(f"cannot write report {path}: {e.strerror or e}",
-                         "pass a writable --report-dir") from None
+# where a report can go instead (dry runs take --report-dir; apply writes next to the plan)
+REPORT_ELSEWHERE = "pass --report-dir DIR to the dry run, or keep the plan in a writable folder"
+
+
+def _write_temp(path: Path, text: str) -> str:
+    """``text`` in a complete, fsynced temporary file next to ``path`` (removed on failure)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except OSError as e:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"cannot write report {path}: {e.strerror or e}",
-                         "pass a writable --report-dir with free space") from None
-    return path
+        raise
+    return tmp
 
 
 # --- checks --------------------------------------------------------------------------

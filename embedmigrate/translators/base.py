@@ -15,7 +15,8 @@ A checkpoint is a directory:
     translator.json       method, config, dims, model names, data fingerprint,
                           metrics, library version
 It is written to a temporary sibling directory and renamed into place, so a
-half-written checkpoint is never loaded.
+half-written checkpoint is never loaded. Loading reads JSON and safetensors
+only (never pickle), and probes the weights before handing them out.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, NotFoundError, UsageError
+from safetensors import SafetensorError
+
+from ..errors import DataError, EmbedMigrateError, NotFoundError, UsageError, file_error
 
 CHECKPOINT_FORMAT = 1
 META_FILE = "translator.json"
 WEIGHTS_FILE = "weights.safetensors"
+MAX_DIM = 65536  # larger "dimensions" in a translator.json are damage, not a model
+RETRAIN = "retrain it: embedmigrate train PLAN --retrain"
+CHOOSE_ANOTHER_DIR = "set [train] checkpoint in the plan (plan --checkpoint DIR) to another folder"
 
 
 def check_vectors(x, what: str, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
@@ -132,15 +138,20 @@ class Translator(ABC):
 
     # --- persistence -----------------------------------------------------------
     def save(self, directory) -> Path:
-        from safetensors.numpy import save_file
+        """Write the checkpoint into a temporary sibling folder, fsync it, then rename
+        it into place: a failed or interrupted save leaves the previous checkpoint
+        (or none), never a partial one."""
+        from safetensors.numpy import save as serialise
 
         from .. import __version__
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        except OSError as e:
+            raise file_error(e, directory, elsewhere=CHOOSE_ANOTHER_DIR) from None
         try:
             tensors = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
-            save_file(tensors, str(tmp / WEIGHTS_FILE))
             meta = {
                 "format": CHECKPOINT_FORMAT,
                 "method": self.method,
@@ -150,22 +161,15 @@ class Translator(ABC):
                 "library_version": __version__,
                 **self.meta,
             }
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
-            for f in (WEIGHTS_FILE, META_FILE):
-                with open(tmp / f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-                tmp.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(directory)
+            # serialised in memory and written by us, so a full disk is an OSError
+            # (safetensors' own file writer reports it as a SafetensorError)
+            _write_synced(tmp / WEIGHTS_FILE, serialise(tensors))
+            _write_synced(tmp / META_FILE, json.dumps(meta, indent=2, default=_json_default).encode())
+            _fsync_dir(tmp)
+            _swap_into_place(tmp, directory)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise UsageError(f"cannot write checkpoint {directory}: {e.strerror or e}",
-                             "choose a writable directory with free space (--checkpoint-dir)") from None
+            raise file_error(e, directory, elsewhere=CHOOSE_ANOTHER_DIR) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -173,32 +177,53 @@ class Translator(ABC):
 
     @classmethod
     def load(cls, directory) -> "Translator":
-        """Load any translator checkpoint (the method is read from the directory)."""
-        from safetensors.numpy import load_file
+        """Load any translator checkpoint (the method is read from the directory).
 
+        Only JSON and safetensors are read: nothing in a checkpoint can run code.
+        A checkpoint that is damaged, tampered with or written for other
+        dimensions fails here with a one-line error, not later mid-apply."""
         from . import translator_class
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
+        if not meta_path.is_file() or not weights_path.is_file():
             raise NotFoundError(f"'{directory}' is not a translator checkpoint (no {META_FILE} "
                                 f"and {WEIGHTS_FILE})", "pass the directory that train wrote, "
                                 "e.g. checkpoints/<name>")
+        meta = _read_meta(directory)
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"checkpoint {directory} is unreadable: {e}", "retrain it") from None
-        impl = translator_class(meta.get("method", ""))
+            impl = translator_class(meta["method"])
+        except UsageError:
+            raise DataError(f"checkpoint {directory} names an unknown translator method "
+                            f"'{str(meta['method'])[:60]}'", RETRAIN) from None
         if cls is not Translator and not issubclass(impl, cls):
             raise UsageError(f"checkpoint {directory} holds a '{meta['method']}' translator, "
                              f"not '{cls.method}'", "load it with Translator.load()")
-        cfg_cls = getattr(impl, "Config", None)
-        config = cfg_cls(**meta["config"]) if cfg_cls is not None else meta.get("config")
-        obj = impl(config)
-        obj.old_dim, obj.new_dim = meta["old_dim"], meta["new_dim"]
-        obj.meta = {k: v for k, v in meta.items()
-                    if k not in ("format", "method", "config", "old_dim", "new_dim")}
-        obj._load_state(load_file(str(directory / WEIGHTS_FILE)))
+        try:
+            cfg_cls = getattr(impl, "Config", None)
+            config = cfg_cls(**meta["config"]) if cfg_cls is not None else meta.get("config")
+            obj = impl(config)
+            obj.old_dim, obj.new_dim = meta["old_dim"], meta["new_dim"]
+            obj.meta = {k: v for k, v in meta.items()
+                        if k not in ("format", "method", "config", "old_dim", "new_dim")}
+            obj._load_state(_read_weights(weights_path))
+            obj._probe()
+        except EmbedMigrateError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError,
+                SafetensorError) as e:
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise DataError(f"checkpoint {directory} is damaged or its weights do not match its "
+                            f"{META_FILE} ({reason})", RETRAIN) from None
         return obj
+
+    def _probe(self) -> None:
+        """Translate two rows each way: weights of the wrong shape fail at load time."""
+        rng = np.random.default_rng(0)
+        for fn, d_in, d_out in ((self.translate, self.old_dim, self.new_dim),
+                                (self.inverse, self.new_dim, self.old_dim)):
+            out = fn(rng.normal(size=(2, d_in)).astype(np.float32))
+            if out.shape != (2, d_out) or not np.isfinite(out).all():
+                raise ValueError(f"a probe translation gave shape {out.shape}, expected (2, {d_out})")
 
     # --- to implement ------------------------------------------------------------
     @abstractmethod
@@ -225,3 +250,87 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(tmp: Path, directory: Path) -> None:
+    """Rename the finished ``tmp`` to ``directory``, replacing an older checkpoint.
+
+    A directory cannot be renamed over a non-empty one, so the old one is moved
+    aside first; if the second rename fails the old one is put back."""
+    if not directory.exists():
+        tmp.rename(directory)
+    else:
+        old = directory.with_name(f".{directory.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+        try:
+            tmp.rename(directory)
+        except OSError:
+            old.rename(directory)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(directory.parent)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _read_meta(directory: Path) -> dict:
+    """translator.json, checked for what load needs before anything is built from it."""
+    path = directory / META_FILE
+    for f in (path, directory / WEIGHTS_FILE):
+        if not _inside(f, directory):  # a link to a file elsewhere is never followed
+            raise DataError(f"checkpoint file {f} points outside {directory}",
+                            "replace the link with the file itself, or retrain")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise file_error(e, path, action="read", elsewhere="copy the checkpoint somewhere "
+                         "readable") from None
+    except ValueError as e:
+        raise DataError(f"checkpoint {directory}: {META_FILE} is not valid JSON ({e})", RETRAIN) \
+            from None
+    if not isinstance(meta, dict):
+        raise DataError(f"checkpoint {directory}: {META_FILE} is not a JSON object", RETRAIN)
+    fmt = meta.get("format")
+    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
+        raise DataError(f"checkpoint {directory} has format {fmt!r}; this embedmigrate reads "
+                        f"format {CHECKPOINT_FORMAT}", "upgrade embedmigrate, or retrain")
+    for key in ("old_dim", "new_dim"):
+        dim = meta.get(key)
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= MAX_DIM:
+            raise DataError(f"checkpoint {directory}: {key} is {dim!r}, not a dimension", RETRAIN)
+    if not isinstance(meta.get("method"), str) or not isinstance(meta.get("config", {}), dict):
+        raise DataError(f"checkpoint {directory}: {META_FILE} names no method / config", RETRAIN)
+    meta.setdefault("config", {})
+    return meta
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise file_error(e, path, action="read", elsewhere="copy the checkpoint somewhere "
+                         "readable") from None
+    return load(data)  # tensors only: the format has no code and no pickles
