@@ -36,7 +36,7 @@ class CollectionURI:
     the query string (minus the parts that name the collection).
     """
 
-    raw: str
+    raw: str = field(repr=False)  # may hold the password
     scheme: str
     engine: str
     collection: str
@@ -74,39 +74,55 @@ def parse_uri(uri: str) -> CollectionURI:
     if engine is None:
         raise UsageError(f"unknown URI scheme '{scheme}://'",
                          "use one of " + ", ".join(f"{s}://" for s in SCHEMES))
-    parts = urlsplit(uri)
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:  # argv turns non-UTF-8 bytes into lone surrogates
+        raise UsageError(f"the URI {_strip_password(uri)!a} holds bytes that are not UTF-8",
+                         "type the URI again; percent-encode special characters") from None
+    try:
+        parts = urlsplit(uri)
+        parts.hostname  # noqa: B018 - validates a bracketed [IPv6] host
+    except ValueError as e:  # e.g. an unclosed '[' or a bracketed host that is no IP address
+        raise UsageError(f"'{_strip_password(uri)}' is not a valid URI: {e}",
+                         f"use {scheme}://host:port/... (IPv6 hosts in brackets: [::1])") from None
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if engine == "postgres":
-        return _parse_postgres(uri, scheme, parts, options)
-    if scheme in ("qdrant+local", "qdrant+memory", "chroma"):
-        # everything after the last slash is the collection, the rest is the store path
-        full = unquote(parts.netloc + parts.path) if scheme != "qdrant+memory" else unquote(parts.path)
-        store, _, name = full.rstrip("/").rpartition("/")
-        if not name:
-            raise UsageError(f"'{_strip_password(uri)}' names no collection",
-                             f"end the URI with the collection name, e.g. {scheme}:///data/store/docs")
-        if scheme == "qdrant+memory":
-            store = None
-        elif not store:
-            raise UsageError(f"'{_strip_password(uri)}' names no storage folder",
-                             f"use {scheme}:///path/to/storage/{name}")
-        return CollectionURI(raw=uri, scheme=scheme, engine=engine, collection=name,
-                             path=store, options=options)
-    # servers: qdrant, qdrants, chroma+http(s)
+        parsed = _parse_postgres(uri, scheme, parts, options)
+    elif scheme in ("qdrant+local", "qdrant+memory", "chroma"):
+        parsed = _parse_local(uri, scheme, engine, parts, options)
+    else:
+        parsed = _parse_server(uri, scheme, engine, parts, options)
+    _refuse_nul(parsed)
+    return parsed
+
+
+def _parse_local(uri, scheme, engine, parts, options) -> CollectionURI:
+    # everything after the last slash is the collection, the rest is the store path
+    full = unquote(parts.netloc + parts.path) if scheme != "qdrant+memory" else unquote(parts.path)
+    store, _, name = full.rstrip("/").rpartition("/")
+    if not name:
+        raise UsageError(f"'{_strip_password(uri)}' names no collection",
+                         f"end the URI with the collection name, e.g. {scheme}:///data/store/docs")
+    if scheme == "qdrant+memory":
+        store = None
+    elif not store:
+        raise UsageError(f"'{_strip_password(uri)}' names no storage folder",
+                         f"use {scheme}:///path/to/storage/{name}")
+    return CollectionURI(raw=uri, scheme=scheme, engine=engine, collection=name,
+                         path=store, options=options)
+
+
+def _parse_server(uri, scheme, engine, parts, options) -> CollectionURI:
+    """qdrant, qdrants, chroma+http(s)."""
     name = unquote(parts.path).strip("/")
     if not name or "/" in name:
         raise UsageError(f"'{_strip_password(uri)}' must name exactly one collection after the host",
                          f"use {scheme}://host:port/collection")
     if not parts.hostname:
         raise UsageError(f"'{_strip_password(uri)}' names no host", f"use {scheme}://host:port/{name}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise UsageError(f"'{_strip_password(uri)}' has an invalid port",
-                         f"use {scheme}://host:PORT/{name} with a number") from None
+    port = _port(uri, parts, f"use {scheme}://host:PORT/{name} with a number")
     return CollectionURI(raw=uri, scheme=scheme, engine=engine, collection=name,
-                         host=parts.hostname, port=port, username=parts.username,
-                         password=parts.password, options=options)
+                         host=_host(uri, parts), port=port, **_credentials(parts), options=options)
 
 
 def _parse_postgres(uri, scheme, parts, options) -> CollectionURI:
@@ -116,46 +132,79 @@ def _parse_postgres(uri, scheme, parts, options) -> CollectionURI:
                          "add ?table=NAME (and &column=VECTOR_COLUMN&id=KEY_COLUMN if not "
                          "'embedding' and 'id')")
     database = unquote(parts.path.lstrip("/")) or None
-    try:
-        port = parts.port
-    except ValueError:
-        raise UsageError(f"'{_strip_password(uri)}' has an invalid port",
-                         "use postgresql://user@host:PORT/db?table=...") from None
+    port = _port(uri, parts, "use postgresql://user@host:PORT/db?table=...")
     return CollectionURI(raw=uri, scheme=scheme, engine="postgres", collection=table,
-                         host=parts.hostname, port=port,
-                         username=unquote(parts.username) if parts.username else None,
-                         password=unquote(parts.password) if parts.password else None,
+                         host=_host(uri, parts), port=port, **_credentials(parts),
                          database=database, options=options)
 
 
+def _port(uri: str, parts, fix: str) -> int | None:
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # out of range, not a number, or 0 (which no server listens on)
+        raise UsageError(f"'{_strip_password(uri)}' has an invalid port", fix)
+    return port
+
+
+def _host(uri: str, parts) -> str | None:
+    host = parts.hostname
+    if host and ":" in host and "[" not in parts.netloc:
+        # 'a:b:5432': the host would be 'a:b', which only an IPv6 address in brackets can be
+        raise UsageError(f"'{_strip_password(uri)}' has an invalid host '{host}'",
+                         "write IPv6 addresses in brackets, e.g. [::1]:6333")
+    return host
+
+
+def _credentials(parts) -> dict:
+    """username and password, percent-decoded; an empty one counts as none."""
+    return {"username": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None}
+
+
+def _refuse_nul(u: CollectionURI) -> None:
+    """A NUL (e.g. %00) can name no file, table or server: refuse it here, not deep in libpq."""
+    values = [u.collection, u.host, u.path, u.username, u.password, u.database,
+              *u.options, *u.options.values()]
+    if any(v and "\x00" in v for v in values):
+        raise UsageError(f"'{_strip_password(u.raw)}' holds a NUL character (%00)",
+                         "remove the %00 from the URI")
+
+
 def _strip_password(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.password is None:
+    """The URI with the password of its user:password@ replaced by ***, found without
+    urlsplit (which refuses some of the URIs whose error messages need this)."""
+    scheme, sep, rest = uri.partition("://")
+    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
+    netloc = rest[:end]
+    if "@" not in netloc:
         return uri
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    userinfo, _, hostport = netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return scheme + sep + user + (":***" if colon else "") + "@" + hostport + rest[end:]
 
 
 def _rebuild(u: CollectionURI, name: str, redact: bool = False) -> str:
     query = dict(u.options)
     if u.engine == "postgres":
         query = {"table": name, **query}
-        auth = ""
-        if u.username:
-            auth = quote(u.username, safe="")
-            if u.password:
-                auth += ":" + ("***" if redact else quote(u.password, safe=""))
-            auth += "@"
-        hostport = (u.host or "") + (f":{u.port}" if u.port else "")
-        base = f"{u.scheme}://{auth}{hostport}/{quote(u.database or '', safe='')}"
+        base = f"{u.scheme}://{_netloc(u, redact)}/{quote(u.database or '', safe='')}"
     elif u.scheme == "qdrant+memory":
         base = f"{u.scheme}:///{quote(name)}"
     elif u.path is not None:
         base = f"{u.scheme}://{quote(u.path)}/{quote(name)}"
     else:
-        auth = ""
-        if u.username:
-            auth = quote(u.username, safe="") + (":" + ("***" if redact else quote(u.password, safe=""))
-                                                 if u.password else "") + "@"
-        base = f"{u.scheme}://{auth}{u.host}" + (f":{u.port}" if u.port else "") + f"/{quote(name)}"
+        base = f"{u.scheme}://{_netloc(u, redact)}/{quote(name)}"
     return base + ("?" + urlencode(query) if query else "")
+
+
+def _netloc(u: CollectionURI, redact: bool) -> str:
+    auth = ""
+    if u.username or u.password:  # ":pw@host": the default user with a password
+        auth = quote(u.username or "", safe="")
+        if u.password:
+            auth += ":" + ("***" if redact else quote(u.password, safe=""))
+        auth += "@"
+    host = f"[{u.host}]" if u.host and ":" in u.host else (u.host or "")
+    return auth + host + (f":{u.port}" if u.port else "")
