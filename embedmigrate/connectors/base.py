@@ -9,13 +9,14 @@ written once against these methods.
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from .uri import CollectionURI
 
 METRICS = ("cosine", "dot", "l2")
@@ -216,3 +217,32 @@ def quantile_positions(count: int, n: int) -> list[int]:
 def retry_delays(attempts: int = 5, base: float = 0.5, cap: float = 8.0):
     """Exponential backoff delays for bounded retries."""
     return [min(cap, base * math.pow(2, i)) for i in range(attempts)]
+
+
+RETRIES_ENV = "EMBEDMIGRATE_RETRIES"
+RETRY_DELAY_ENV = "EMBEDMIGRATE_RETRY_DELAY"
+
+
+def retry_settings(options: dict, default_retries: int = 3,
+                   default_delay: float = 0.5) -> tuple[int, float]:
+    """How a server connector retries a call that lost the server: ``?retries=N``
+    (after the first attempt) and ``?retry_delay=SECONDS`` (the first wait; it doubles
+    up to 8 s) in the URI, else the EMBEDMIGRATE_RETRIES / EMBEDMIGRATE_RETRY_DELAY
+    environment variables (one setting for every store of a run, and for tests),
+    else 3 retries after 0.5, 1 and 2 s."""
+    def read(key: str, env: str, default, kind):
+        raw, label = options.get(key), f"?{key}"
+        if raw is None:
+            raw, label = os.environ.get(env), env
+        if raw is None or raw == "":
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = -1
+        if value < 0 or not math.isfinite(value):
+            raise UsageError(f"{label}={raw} is not a non-negative number",
+                             f"set {label}= to a number >= 0, e.g. {default}")
+        return value
+    return (read("retries", RETRIES_ENV, default_retries, int),
+            read("retry_delay", RETRY_DELAY_ENV, default_delay, float))
