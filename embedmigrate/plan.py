@@ -7,12 +7,14 @@ the environment (PGPASSWORD, QDRANT_API_KEY, ...) at run time.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import UsageError
+from .connectors.base import METRICS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,10 +131,13 @@ def load_plan(path) -> Plan:
         raise UsageError(f"plan file {path} does not exist",
                          "create one with: embedmigrate plan SOURCE --to-model MODEL -o plan.toml")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"plan file {path} is not valid TOML: {e}",
                          "fix the syntax, or regenerate it with embedmigrate plan") from None
+    except OSError as e:
+        raise UsageError(f"cannot read plan file {path}: {e.strerror or e}",
+                         "check the file's permissions") from None
     plan = from_dict(data, str(path))
     plan.path = path.resolve()
     validate(plan, str(path))
@@ -144,6 +149,9 @@ def from_dict(data: dict, where: str = "plan") -> Plan:
     kwargs = {}
     for key, value in data.items():
         if key == "estimate":
+            if not isinstance(value, dict):
+                raise UsageError(f"{where}: [estimate] must be a table",
+                                 "delete the estimate line (it is informational) or write it as [estimate]")
             kwargs["estimate"] = value
             continue
         cls = {"source": SourceSection, "target": TargetSection, "model": ModelSection,
@@ -160,14 +168,35 @@ def from_dict(data: dict, where: str = "plan") -> Plan:
                 raise UsageError(f"{where}: unknown key '{k}' in [{key}]",
                                  "valid keys: " + ", ".join(known))
             default = getattr(cls(), k)
-            if isinstance(default, bool) or not isinstance(v, type(default)) and not (
-                    isinstance(default, float) and isinstance(v, int)):
-                if not (isinstance(default, int) and isinstance(v, int) and not isinstance(v, bool)):
-                    raise UsageError(f"{where}: [{key}] {k} = {v!r} should be a "
-                                     f"{type(default).__name__}", f"set {k} to a "
-                                     f"{type(default).__name__} value like {default!r}")
+            if not _fits(v, default):
+                kind = _KINDS.get(type(default), type(default).__name__)
+                raise UsageError(f"{where}: [{key}] {k} = {_short(v)} should be {kind}",
+                                 f"set {k} to {kind} like {_short(default)}")
         kwargs[key] = cls(**value)
     return Plan(**kwargs)
+
+
+_KINDS = {int: "a whole number", float: "a number", str: "a string", dict: "a table",
+          bool: "true or false", tuple: "an array"}
+
+
+def _fits(value, default) -> bool:
+    """Whether a TOML value may stand where the dataclass default is (a bool is no
+    number; nan is no number either)."""
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    if isinstance(value, bool) or isinstance(default, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):  # TOML has arrays, not tuples
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def validate(plan: Plan, where: str = "plan") -> None:
@@ -181,9 +210,12 @@ def validate(plan: Plan, where: str = "plan") -> None:
                               and (src.path, src.host, src.database) == (dst.path, dst.host, dst.database)):
         raise UsageError(f"{where}: target is the source collection",
                          "name a new target collection; the source is never overwritten")
+    if plan.source.metric not in METRICS:
+        raise UsageError(f"{where}: [source] metric = {_short(plan.source.metric)}",
+                         "use one of " + ", ".join(f'"{m}"' for m in METRICS))
     if not plan.model.new:
         raise UsageError(f"{where}: [model] new is empty", "name the new model, e.g. new = \"mpnet\"")
-    for name in ("old", "new", "pairs", "holdout"):
+    for name in ("old", "new", "pairs", "holdout", "seed"):
         if getattr(plan.sample, name) < 0:
             raise UsageError(f"{where}: [sample] {name} is negative", f"set {name} >= 0")
     if plan.sample.holdout > plan.sample.pairs:
@@ -192,6 +224,8 @@ def validate(plan: Plan, where: str = "plan") -> None:
     if plan.sample.pairs and not plan.source.text_field:
         raise UsageError(f"{where}: [sample] pairs = {plan.sample.pairs} but [source] has no text_field",
                          "set source.text_field to the field holding each point's text, or pairs = 0")
+    if plan.gate.sample < 1:
+        raise UsageError(f"{where}: [gate] sample must be >= 1", "set sample = 2000")
     if plan.apply.batch_size < 1:
         raise UsageError(f"{where}: [apply] batch_size must be >= 1", "set batch_size = 1024")
     if plan.apply.if_exists not in ("error", "resume", "replace"):
@@ -201,8 +235,43 @@ def validate(plan: Plan, where: str = "plan") -> None:
         raise UsageError(f"{where}: [train] checkpoint is empty", "set a checkpoint directory")
     from .translators import REGISTRY
     if plan.train.method not in REGISTRY:
-        raise UsageError(f"{where}: [train] method = {plan.train.method!r} is unknown",
+        raise UsageError(f"{where}: [train] method = {_short(plan.train.method)} is unknown",
                          "use one of " + ", ".join(REGISTRY))
+    _check_train_options(plan, where)
+    _check_thresholds(plan, where)
+
+
+def _check_train_options(plan: Plan, where: str) -> None:
+    """[train.options] are fields of the translator's Config, with the default's type
+    (checked here: a wrong one would otherwise fail deep inside training)."""
+    if not plan.train.options:
+        return
+    from .translators import translator_class
+    config = getattr(translator_class(plan.train.method), "Config", None)
+    defaults = config() if config is not None else None
+    for k, v in plan.train.options.items():
+        if defaults is None or k not in {f.name for f in fields(defaults)}:
+            valid = ", ".join(f.name for f in fields(defaults)) if defaults is not None else ""
+            raise UsageError(f"{where}: [train.options] {k} is not an option of method "
+                             f"'{plan.train.method}'", f"remove it; valid options: {valid or 'none'}")
+        default = getattr(defaults, k)
+        if default is not None and not _fits(v, default):
+            kind = _KINDS.get(type(default), type(default).__name__)
+            raise UsageError(f"{where}: [train.options] {k} = {_short(v)} should be {kind}",
+                             f"set {k} to {kind} like {_short(default)}")
+
+
+def _check_thresholds(plan: Plan, where: str) -> None:
+    """[gate.thresholds]: known names, numbers (require_aligned: true/false), coherent."""
+    from .report import Thresholds
+    defaults = Thresholds()
+    for k, v in plan.gate.thresholds.items():
+        default = getattr(defaults, k, None)
+        if default is not None and not _fits(v, default):
+            kind = _KINDS.get(type(default), type(default).__name__)
+            raise UsageError(f"{where}: [gate.thresholds] {k} = {_short(v)} should be {kind}",
+                             f"set {k} to {kind} like {_short(default)}")
+    Thresholds.from_dict(plan.gate.thresholds)  # unknown names, warn/fail lines in order
 
 
 # --- rendering with comments -------------------------------------------------------

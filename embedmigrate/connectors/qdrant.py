@@ -276,7 +276,7 @@ class QdrantConnector(Connector):
         self.wanted_vector = opts.get("vector") or None
         self.timeout = _positive(opts, "timeout", 10)
         self.retries = _positive(opts, "retries", 3, allow_zero=True)
-        self.request_limit = int(float(opts.get("max_request_mb", 32)) * 1024 * 1024)
+        self.request_limit = int(_positive(opts, "max_request_mb", 32, kind=float) * 1024 * 1024)
         self._client: QdrantClient | None = None
         self._lock = contextlib.nullcontext()
         self._target: tuple[int, str | None] | None = None  # (dim, vector name) for write()
@@ -303,7 +303,7 @@ class QdrantConnector(Connector):
             grpc = opts.get("prefer_grpc", "").lower() in TRUE
             self._client = QdrantClient(
                 host=self.uri.host, port=self.uri.port or 6333,
-                grpc_port=int(opts.get("grpc_port", 6334)), prefer_grpc=grpc,
+                grpc_port=_positive(opts, "grpc_port", 6334), prefer_grpc=grpc,
                 https=self.uri.scheme == "qdrants" or opts.get("https", "").lower() in TRUE,
                 api_key=os.environ.get(key_env) or None, timeout=self.timeout,
                 check_compatibility=False)  # it would cost a request and only warn
@@ -680,14 +680,15 @@ class QdrantConnector(Connector):
         self._client = None
 
 
-def _positive(opts: dict, key: str, default: int, allow_zero: bool = False) -> int:
+def _positive(opts: dict, key: str, default, allow_zero: bool = False, kind=int):
+    """A positive (or zero) number from the URI's query options; ``kind`` int or float."""
     try:
-        value = int(opts.get(key, default))
+        value = kind(opts.get(key, default))
     except ValueError:
         value = -1
-    if value < (0 if allow_zero else 1):
+    if not (value > 0 or allow_zero and value == 0) or value == float("inf"):  # nan fails too
         raise UsageError(f"?{key}={opts.get(key)} is not a valid number",
-                         f"use a whole number, e.g. ?{key}={default}")
+                         f"use a {'whole ' if kind is int else ''}number, e.g. ?{key}={default}")
     return value
 
 
