@@ -14,6 +14,7 @@ collection (the migration target) on the same store.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -24,6 +25,10 @@ SCHEMES = {
     "chroma": "chroma", "chroma+http": "chroma", "chroma+https": "chroma",
     "postgresql": "postgres", "postgres": "postgres", "postgresql+psycopg": "postgres",
 }
+# query options whose value is itself a secret (see credentials.py): plans and state files
+# never keep them, printed URIs show *** instead
+SECRET_OPTIONS = ("password", "sslpassword", "api_key", "token")
+_SECRET_IN_QUERY = re.compile(r"(?i)([?&](?:%s)=)[^&#]*" % "|".join(SECRET_OPTIONS))
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ class CollectionURI:
     def without_password(self) -> str:
         """The URI with no password at all: what plans and state files store
         (the password comes from PGPASSWORD / .pgpass / the engine's env at run time)."""
-        return _rebuild(replace(self, password=None), self.collection)
+        public = {k: v for k, v in self.options.items() if k not in SECRET_OPTIONS}
+        return _rebuild(replace(self, password=None, options=public), self.collection)
 
     def redacted(self) -> str:
         """The URI with any password removed: safe to print, log or store."""
@@ -62,6 +68,9 @@ class CollectionURI:
 
     def __str__(self) -> str:  # never leak a password through str()
         return self.redacted()
+
+    def __repr__(self) -> str:  # nor through repr() (tracebacks, debug logs)
+        return f"CollectionURI({self.redacted()!r})"
 
 
 def parse_uri(uri: str) -> CollectionURI:
@@ -174,7 +183,9 @@ def _refuse_nul(u: CollectionURI) -> None:
 
 def _strip_password(uri: str) -> str:
     """The URI with the password of its user:password@ replaced by ***, found without
-    urlsplit (which refuses some of the URIs whose error messages need this)."""
+    urlsplit (which refuses some of the URIs whose error messages need this);
+    secret query options (?password=, ?api_key= ...) become *** too."""
+    uri = _SECRET_IN_QUERY.sub(r"\1***", uri)
     scheme, sep, rest = uri.partition("://")
     end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
     netloc = rest[:end]
@@ -186,7 +197,7 @@ def _strip_password(uri: str) -> str:
 
 
 def _rebuild(u: CollectionURI, name: str, redact: bool = False) -> str:
-    query = dict(u.options)
+    query = {k: "***" if redact and k in SECRET_OPTIONS else v for k, v in u.options.items()}
     if u.engine == "postgres":
         query = {"table": name, **query}
         base = f"{u.scheme}://{_netloc(u, redact)}/{quote(u.database or '', safe='')}"
@@ -196,7 +207,7 @@ def _rebuild(u: CollectionURI, name: str, redact: bool = False) -> str:
         base = f"{u.scheme}://{quote(u.path)}/{quote(name)}"
     else:
         base = f"{u.scheme}://{_netloc(u, redact)}/{quote(name)}"
-    return base + ("?" + urlencode(query) if query else "")
+    return base + ("?" + urlencode(query, safe="*") if query else "")
 
 
 def _netloc(u: CollectionURI, redact: bool) -> str:
