@@ -148,6 +148,7 @@ class Translator(ABC):
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+            tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint is read by other services too
         except OSError as e:
             raise file_error(e, directory, elsewhere=CHOOSE_ANOTHER_DIR) from None
         try:
@@ -271,12 +272,14 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
     """Rename the finished ``tmp`` to ``directory``, replacing an older checkpoint.
 
     A directory cannot be renamed over a non-empty one, so the old one is moved
-    aside first; if the second rename fails the old one is put back."""
+    aside first; if the second rename fails the old one is put back. (A crash
+    between the two renames leaves no checkpoint, which load reports as such,
+    and the old one under ``.NAME.old``, which the next save clears.)"""
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if not directory.exists():
         tmp.rename(directory)
     else:
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
         directory.rename(old)
         try:
             tmp.rename(directory)
