@@ -7,6 +7,8 @@ or URI), 3 WARN, 4 not found, 5 conflict (target exists, job locked),
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
@@ -15,20 +17,58 @@ import sys
 import click
 
 from . import __version__
-from .errors import EmbedMigrateError, ExitCode
+from .errors import EmbedMigrateError, ExitCode, file_error
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+# a write failing for lack of space or permission (write() errors carry no file name)
+FILE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for machines).")
+
+
+_json_out = None  # the real stdout while a --json command runs (see json_stdout)
 
 
 def emit(result: dict, as_json: bool, human) -> None:
     if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
+        echo_json(json.dumps(result, indent=2, default=str))
     else:
         human(result)
+
+
+def echo_json(text: str) -> None:
+    click.echo(text, file=_json_out)
+
+
+@contextlib.contextmanager
+def json_stdout(active: bool):
+    """With --json, stdout carries exactly one JSON object: anything else written
+    to it meanwhile (library chatter such as Ray's worker notices, also from
+    threads and child processes) is sent to stderr at the file-descriptor level."""
+    global _json_out
+    try:
+        fd = sys.stdout.fileno() if active else -1
+    except (AttributeError, OSError, ValueError):  # captured stdout (click's CliRunner)
+        fd = -1
+    if fd != 1:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    _json_out = os.fdopen(os.dup(saved), "w")
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _json_out.flush()
+        _json_out.close()
+        _json_out = None
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def handled(fn):
@@ -36,20 +76,36 @@ def handled(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         as_json = kwargs.get("as_json", False)
-        try:
-            return fn(*args, **kwargs)
-        except EmbedMigrateError as e:
-            if as_json:
-                click.echo(json.dumps(e.to_dict()))
-            else:
-                click.echo(f"error: {e.one_line()}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            msg = "interrupted; progress is saved: re-run the same command to resume"
-            click.echo(json.dumps({"error": "Interrupted", "message": msg, "exit_code": 130})
-                       if as_json else f"error: {msg}", err=not as_json)
-            sys.exit(130)
+        with json_stdout(as_json):
+            return _run_handled(fn, as_json, args, kwargs)
     return wrapper
+
+
+def _run_handled(fn, as_json, args, kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except EmbedMigrateError as e:
+        if as_json:
+            echo_json(json.dumps(e.to_dict()))
+        else:
+            click.echo(f"error: {e.one_line()}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:  # a file the library did not anticipate: disk full, permissions
+        if e.filename is None and e.errno not in FILE_ERRNOS:  # a socket ...: show it in full
+            raise
+        err = file_error(e, action="use")
+        if as_json:
+            echo_json(json.dumps(err.to_dict()))
+        else:
+            click.echo(f"error: {err.one_line()}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        msg = "interrupted; progress is saved: re-run the same command to resume"
+        if as_json:
+            echo_json(json.dumps({"error": "Interrupted", "message": msg, "exit_code": 130}))
+        else:
+            click.echo(f"error: {msg}", err=True)
+        sys.exit(130)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,15 +188,24 @@ def train(plan_file, retrain, as_json):
     emit(result, as_json, human)
 
 
+def parallel_options(fn):
+    fn = click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+                      help="Copy parts on local threads or as Ray tasks (default: the plan's "
+                           "[apply] executor; Ray's address is [apply] ray_address).")(fn)
+    return click.option("--workers", type=click.IntRange(min=1), default=None,
+                        help="Parts copied at once (default: the plan's [apply] workers).")(fn)
+
+
 @main.command()
 @click.argument("plan_file", metavar="PLAN")
 @click.option("--dry-run", is_flag=True, help="Quality report on a sample only; writes no database.")
 @click.option("--force", is_flag=True, help="Cut over even if the gate says WARN or FAIL.")
 @click.option("--no-cutover", is_flag=True, help="Rewrite and verify, but do not cut over.")
 @click.option("--report-dir", default=None, help="Where the dry-run report goes (default PLAN.state/report).")
+@parallel_options
 @json_option
 @handled
-def apply(plan_file, dry_run, force, no_cutover, report_dir, as_json):
+def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, as_json):
     """Rewrite the collection into the target; cut over on PASS."""
     from . import commands
     from .report import exit_code_for
@@ -155,7 +220,8 @@ def apply(plan_file, dry_run, force, no_cutover, report_dir, as_json):
             click.echo(f"verdict {r['verdict']}; report {r['report'].get('html')}")
         emit(result, as_json, human)
         sys.exit(exit_code_for(report.verdict))
-    result = commands.apply(plan_file, force=force, progress=not as_json, cutover=not no_cutover)
+    result = commands.apply(plan_file, force=force, progress=not as_json, cutover=not no_cutover,
+                            workers=workers, executor=executor)
 
     def human(r):
         click.echo(f"wrote {r['written']} vectors to {r['target']}; ids match: {r['ids_match']}")
@@ -196,12 +262,14 @@ def cleanup(plan_file, drop_old, drop_target, as_json):
 @main.command()
 @click.argument("plan_file", metavar="JOB")
 @click.option("--force", is_flag=True, help="Cut over again after a rollback.")
+@parallel_options
 @json_option
 @handled
-def run(plan_file, force, as_json):
+def run(plan_file, force, workers, executor, as_json):
     """Advance a scheduled migration by one step (for cron / Kubernetes CronJobs)."""
     from . import commands
-    emit(commands.run(plan_file, progress=not as_json, force=force), as_json,
+    emit(commands.run(plan_file, progress=not as_json, force=force, workers=workers,
+                      executor=executor), as_json,
          lambda r: click.echo(f"step {r['step']}: " + json.dumps({k: v for k, v in r.items() if k != 'step'},
                                                                   default=str)))
 

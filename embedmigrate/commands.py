@@ -14,18 +14,15 @@ the source collection except reads, until an explicit cutover.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import queue
 import re
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import metrics, parallel
 from .connectors import Batch, open_collection, parse_uri
 from .errors import ConflictError, DataError, NotFoundError, UsageError
 from .plan import Plan, load_plan
@@ -366,11 +363,13 @@ def _add_written_check(report, expected: np.ndarray, written: np.ndarray) -> Non
 
 # --- apply ------------------------------------------------------------------------
 
-def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutover: bool = True) -> dict:
-    """Rewrite, verify, gate and (on PASS or ``force``) cut over. Resumable and idempotent."""
+def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutover: bool = True,
+          workers: int | None = None, executor: str | None = None) -> dict:
+    """Rewrite, verify, gate and (on PASS or ``force``) cut over. Resumable and idempotent.
+    ``workers`` and ``executor`` ("local" threads or "ray") override the plan's [apply]."""
     plan = _as_plan(plan)
     with RunLock(plan.state_dir) as lock:
-        result = rewrite(plan, lock, progress=progress)
+        result = rewrite(plan, lock, progress=progress, workers=workers, executor=executor)
         result.update(verify(plan, lock, progress=progress))
         if cutover and (result["verdict"] == "PASS" or force):
             result.update(do_cutover(plan, forced=result["verdict"] != "PASS"))
@@ -379,19 +378,16 @@ def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutov
         return result
 
 
-def _id_hash(ids) -> int:
-    """Order-independent checksum of a set of ids (sum of 64-bit hashes)."""
-    total = 0
-    for i in ids:
-        total += int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
-    return total % (1 << 64)
-
-
-def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
-    """scan -> translate -> write, with the cursor persisted after every batch."""
+def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | None = None,
+            executor: str | None = None) -> dict:
+    """scan -> translate -> write over the source's parts, progress persisted after
+    every batch. ``workers``/``executor`` override the plan's [apply] for this run."""
     state = JobState(plan.state_dir)
     if not state.reached("trained"):
         raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}")
+    kind = executor or plan.apply.executor
+    if kind == "ray":
+        parallel.check_ray_reachable(plan.source.uri, plan.target.uri)
     src = open_collection(plan.source.uri)
     info = src.describe()
     _check_source_unchanged(plan, info)
@@ -399,48 +395,58 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
     dst = open_collection(plan.target.uri)
     started = state.get("apply_started", False)
     dst.create_like(info, dim=translator.new_dim, if_exists="resume" if started else plan.apply.if_exists)
-    if not started:
-        state.update(stage="applying", apply_started=True, cursor=None, written=0, id_hash=0,
-                     source_count_at_start=info.count)
-    cursor, written, id_hash = state.get("cursor"), state.get("written", 0), state.get("id_hash", 0)
-    bar = tqdm(total=info.count, initial=min(written, info.count), unit="vec", desc="apply",
-               disable=not progress, smoothing=0.1)
+    n_workers = workers or plan.apply.workers
+    if not started or not state.get("parts"):
+        parts = _initial_parts(state, src, plan.apply.parts or _auto_parts(info.count, n_workers))
+        state.update(stage="applying", apply_started=True, parts=parts, source_count_at_start=info.count,
+                     **_totals(parts, state))
+    parts = state.get("parts")
+    jobs = [parallel.PartJob(k, p["part"], p["cursor"]) for k, p in enumerate(parts) if not p["done"]]
+    bar = tqdm(total=info.count, initial=min(state.get("written", 0), info.count), unit="vec",
+               desc=f"apply ({n_workers} worker{'s' * (n_workers > 1)})", disable=not progress,
+               smoothing=0.1)
+    runner = parallel.make_executor(kind, n_workers, plan.apply.ray_address)
     try:
-        for batch, cursor in _prefetch(src.scan(plan.apply.batch_size, after=cursor)):
-            dst.write(batch.replace_vectors(translator.translate(batch.vectors)))
-            written += len(batch)
-            id_hash = (id_hash + _id_hash(batch.ids)) % (1 << 64)
-            state.update(cursor=cursor, written=written, id_hash=id_hash)
+        copier = runner.start(plan.source.uri, plan.target.uri, translator, plan.checkpoint_dir,
+                              plan.apply.batch_size)
+        for index, event in parallel.run_parts(jobs, runner, copier):
+            part = parts[index]
+            if event == parallel.DONE:
+                part["done"] = True
+            else:
+                part["cursor"], n, h = event
+                part["written"] += n
+                part["id_hash"] = (part["id_hash"] + h) % (1 << 64)
+                bar.update(n)
+            state.update(parts=parts, **_totals(parts, state))
             lock.heartbeat()
-            bar.update(len(batch))
     finally:
         bar.close()
+        runner.close()
     dst.finish_write()
-    state.update(stage="applied", written=written)
-    return {"stage": "applied", "written": written, "target": plan.target.uri}
+    state.update(stage="applied")
+    return {"stage": "applied", "written": state.get("written"), "target": plan.target.uri,
+            "parts": len(parts), "workers": n_workers, "executor": kind}
 
 
-def _prefetch(iterator, depth: int = 2):
-    """Read the next batches while the current one is translated and written."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
+def _auto_parts(count: int, workers: int) -> int:
+    """Enough parts for any later number of workers to share, none tiny."""
+    return max(1, min(64, max(4 * workers, 16), count // 5000))
 
-    def reader():
-        try:
-            for item in iterator:
-                q.put(item)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-        q.put(done)
 
-    threading.Thread(target=reader, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+def _initial_parts(state: JobState, src, n: int) -> list[dict]:
+    if state.get("apply_started"):  # a job started before parts existed: one part, its cursor
+        return [{"part": None, "cursor": state.get("cursor"), "written": state.get("written", 0),
+                 "id_hash": state.get("id_hash", 0), "done": False}]
+    return [{"part": p, "cursor": None, "written": 0, "id_hash": 0, "done": False}
+            for p in src.partitions(n)]
+
+
+def _totals(parts: list[dict], state: JobState) -> dict:
+    """Job totals: the parts plus what catch-up copied outside them."""
+    extra = state.get("missing_copied") or {"written": 0, "id_hash": 0}
+    return {"written": sum(p["written"] for p in parts) + extra["written"],
+            "id_hash": (sum(p["id_hash"] for p in parts) + extra["id_hash"]) % (1 << 64)}
 
 
 def catch_up(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
@@ -451,6 +457,8 @@ def catch_up(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
     """
     state = JobState(plan.state_dir)
     before = state.get("written", 0)
+    if state.get("parts"):  # each part goes on from its cursor: new points sorted after it
+        state.update(parts=[{**p, "done": False} for p in state.get("parts")])
     rewrite(plan, lock, progress=progress)
     src, dst = open_collection(plan.source.uri), open_collection(plan.target.uri)
     added = JobState(plan.state_dir).get("written", 0) - before
@@ -464,9 +472,7 @@ def _copy_missing(plan, src, dst, lock) -> int:
     have = set()
     for batch, _ in dst.scan(plan.apply.batch_size):
         have.update(map(str, batch.ids))
-    added = 0
-    state = JobState(plan.state_dir)
-    id_hash = state.get("id_hash", 0)
+    added, added_hash = 0, 0
     for batch, _ in src.scan(plan.apply.batch_size):
         missing = [i for i, x in enumerate(batch.ids) if str(x) not in have]
         if missing:
@@ -474,11 +480,15 @@ def _copy_missing(plan, src, dst, lock) -> int:
                         [batch.payloads[i] for i in missing],
                         [batch.documents[i] for i in missing] if batch.documents is not None else None)
             dst.write(sub.replace_vectors(translator.translate(sub.vectors)))
-            id_hash = (id_hash + _id_hash(sub.ids)) % (1 << 64)
+            added_hash = (added_hash + parallel.id_hash(sub.ids)) % (1 << 64)
             added += len(missing)
             lock.heartbeat()
     dst.finish_write()
-    state.update(written=state.get("written", 0) + added, id_hash=id_hash)
+    state = JobState(plan.state_dir)
+    extra = state.get("missing_copied") or {"written": 0, "id_hash": 0}
+    state.update(missing_copied={"written": extra["written"] + added,
+                                 "id_hash": (extra["id_hash"] + added_hash) % (1 << 64)})
+    state.update(**_totals(state.get("parts", []), state))
     return added
 
 
@@ -489,7 +499,7 @@ def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True) ->
     info, dst_info = src.describe(), dst.describe()
     target_hash, target_count = 0, 0
     for batch, _ in dst.scan(plan.apply.batch_size):
-        target_hash = (target_hash + _id_hash(batch.ids)) % (1 << 64)
+        target_hash = (target_hash + parallel.id_hash(batch.ids)) % (1 << 64)
         target_count += len(batch)
         if lock:
             lock.heartbeat()
@@ -571,7 +581,8 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
             open_collection(plan.target.uri).drop()
             done["dropped"].append(parse_uri(plan.target.uri).collection)
             state.update(stage="trained" if state.reached("trained") else state.stage,
-                         apply_started=False, cursor=None, written=0, id_hash=0)
+                         apply_started=False, cursor=None, parts=None, missing_copied=None,
+                         written=0, id_hash=0)
         if clear_cache:
             shutil.rmtree(plan.state_dir / "cache", ignore_errors=True)
             done["cache_cleared"] = True
@@ -580,7 +591,8 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
 
 # --- scheduled jobs -------------------------------------------------------------------
 
-def run(plan: Plan | str, *, progress: bool = False, force: bool = False) -> dict:
+def run(plan: Plan | str, *, progress: bool = False, force: bool = False, workers: int | None = None,
+        executor: str | None = None) -> dict:
     """Advance the job by one idempotent step: planned -> trained -> applied ->
     verified -> cut_over. Safe to call from cron every few minutes."""
     plan = _as_plan(plan)
@@ -590,7 +602,8 @@ def run(plan: Plan | str, *, progress: bool = False, force: bool = False) -> dic
         if stage == "planned":
             return {"step": "train", **_train(plan, lock, progress=progress, retrain=False)}
         if stage in ("trained", "applying"):
-            return {"step": "apply", **rewrite(plan, lock, progress=progress)}
+            return {"step": "apply", **rewrite(plan, lock, progress=progress, workers=workers,
+                                               executor=executor)}
         if stage == "applied":
             caught = catch_up(plan, lock, progress=progress)
             return {"step": "verify", **caught, **verify(plan, lock, progress=progress)}

@@ -65,6 +65,10 @@ class TrainSection:
 class ApplySection:
     batch_size: int = 1024
     if_exists: str = "error"  # target exists at the first apply: error | resume | replace
+    workers: int = 1  # parts copied at once (threads; Ray tasks with executor = "ray")
+    parts: int = 0  # how the source is split, fixed at the first apply; 0: automatic
+    executor: str = "local"  # local | ray
+    ray_address: str = ""  # "" starts a local Ray; "auto" or ray://host:10001 joins a cluster
 
 
 @dataclass
@@ -231,6 +235,11 @@ def validate(plan: Plan, where: str = "plan") -> None:
     if plan.apply.if_exists not in ("error", "resume", "replace"):
         raise UsageError(f"{where}: [apply] if_exists = {plan.apply.if_exists!r}",
                          "use \"error\", \"resume\" or \"replace\"")
+    if plan.apply.workers < 1 or plan.apply.parts < 0:
+        raise UsageError(f"{where}: [apply] workers must be >= 1 and parts >= 0",
+                         "set workers = 1 (or the number of parallel copiers) and parts = 0 (automatic)")
+    if plan.apply.executor not in ("local", "ray"):
+        raise UsageError(f"{where}: [apply] executor = {plan.apply.executor!r}", "use \"local\" or \"ray\"")
     if not plan.train.checkpoint:
         raise UsageError(f"{where}: [train] checkpoint is empty", "set a checkpoint directory")
     from .translators import REGISTRY
@@ -290,7 +299,9 @@ _COMMENTS = {
               "(paired data beats unpaired); holdout: pairs kept to measure.",
     "train": "Translator: auto | linear (unsupervised) | vec2vec | procrustes | ridge | mlp | semi.",
     "apply": "Streamed rewrite. if_exists: what the first apply does when the target "
-             "already exists (error | resume | replace).",
+             "already exists (error | resume | replace).\n# The source is split into parts "
+             "(parts = 0: automatic); workers copy parts at once, as threads\n# (executor = "
+             "\"local\") or as Ray tasks (executor = \"ray\", ray_address: \"\" local, \"auto\", ray://...).",
     "gate": "Quality gate: apply cuts over only on PASS (or --force). Thresholds override "
             "the defaults in embedmigrate.report.Thresholds.",
     "estimate": "Written by `embedmigrate plan` for information; not read back.",

@@ -245,7 +245,7 @@ def test_scheduled_job_catches_up_points_added_during_migration(qdrant_memory_ha
 @pytest.mark.parametrize("content,fragment", [
     ("this is not toml [", "not valid TOML"),
     ("[source]\nuri = 'chroma:///x/y'\nbogus = 1\n", "unknown key 'bogus'"),
-    ("[source]\nuri = 'chroma:///x/y'\ncount = 'many'\n", "should be a int"),
+    ("[source]\nuri = 'chroma:///x/y'\ncount = 'many'\n", "should be a whole number"),
     ("[weird]\n", "unknown section"),
 ])
 def test_bad_plan_files_give_one_line_errors(tmp_path, content, fragment):
