@@ -191,14 +191,14 @@ class RayExecutor:
     Each task reads the checkpoint's files from Ray's object store (no shared
     disk needed) and opens the source and target itself, so the stores must be
     reachable from every node (servers, not embedded stores). Credentials come
-    from each node's environment; ``env`` names variables to forward from here.
+    from each node's environment (PGPASSWORD, ...), as they do for the CLI.
     """
 
     WORKER_DEATHS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
                      "ActorDiedError", "LocalRayletDiedError", "TaskUnschedulableError",
                      "ObjectReconstructionFailedError", "RaySystemError")
 
-    def __init__(self, workers: int | None, address: str = "", env: tuple[str, ...] = ()):
+    def __init__(self, workers: int | None, address: str = ""):
         try:
             import ray
         except ImportError:
@@ -207,13 +207,11 @@ class RayExecutor:
         self.ray = ray
         self._started = False
         if not ray.is_initialized():
-            import os
-            runtime_env = {"env_vars": {k: os.environ[k] for k in env if k in os.environ}} if env else None
             try:
                 if address:
-                    ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+                    ray.init(address=address, log_to_driver=False)
                 else:
-                    ray.init(runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+                    ray.init(include_dashboard=False, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise UnavailableError(f"cannot start or join Ray at '{address or 'local'}': {first}",
@@ -267,9 +265,9 @@ def _ray_copy_part(source_uri, target_uri, checkpoint_files: dict, part, cursor,
     yield from copy_part(source_uri, target_uri, _translators[key], part, cursor, batch_size)
 
 
-def make_executor(kind: str, workers: int, address: str = "", env: tuple[str, ...] = ()):
+def make_executor(kind: str, workers: int, address: str = ""):
     if kind == "ray":
-        return RayExecutor(workers, address, env)
+        return RayExecutor(workers, address)
     if kind != "local":
         raise UsageError(f"unknown executor '{kind}'", "use local or ray")
     return LocalExecutor(workers)
