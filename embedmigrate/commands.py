@@ -394,12 +394,12 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
     translator = _load_translator(plan, info)
     dst = open_collection(plan.target.uri)
     started = state.get("apply_started", False)
-    dst.create_like(info, dim=translator.new_dim, if_exists="resume" if started else plan.apply.if_exists)
+    _create_target(state, dst, info, translator.new_dim, plan.apply.if_exists, started)
     n_workers = workers or plan.apply.workers
     if not started or not state.get("parts"):
         parts = _initial_parts(state, src, plan.apply.parts or _auto_parts(info.count, n_workers))
-        state.update(stage="applying", apply_started=True, parts=parts, source_count_at_start=info.count,
-                     **_totals(parts, state))
+        state.update(stage="applying", apply_started=True, creating_target=False, parts=parts,
+                     source_count_at_start=info.count, **_totals(parts, state))
     parts = state.get("parts")
     jobs = [parallel.PartJob(k, p["part"], p["cursor"]) for k, p in enumerate(parts) if not p["done"]]
     bar = tqdm(total=info.count, initial=min(state.get("written", 0), info.count), unit="vec",
@@ -427,6 +427,20 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
     state.update(stage="applied")
     return {"stage": "applied", "written": state.get("written"), "target": plan.target.uri,
             "parts": len(parts), "workers": n_workers, "executor": kind}
+
+
+def _create_target(state: JobState, dst, info, dim: int, if_exists: str, started: bool) -> None:
+    """Create the target, or keep it when an earlier attempt created it: a run killed
+    right after create_like must not meet its own target as a conflict."""
+    if started or state.get("creating_target"):
+        dst.create_like(info, dim=dim, if_exists="resume")
+        return
+    state.update(creating_target=True)
+    try:
+        dst.create_like(info, dim=dim, if_exists=if_exists)
+    except ConflictError:  # the user's collection, not ours: the next run must refuse it too
+        state.update(creating_target=False)
+        raise
 
 
 def _auto_parts(count: int, workers: int) -> int:
@@ -581,7 +595,8 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
             open_collection(plan.target.uri).drop()
             done["dropped"].append(parse_uri(plan.target.uri).collection)
             state.update(stage="trained" if state.reached("trained") else state.stage,
-                         apply_started=False, cursor=None, parts=None, missing_copied=None,
+                         apply_started=False, creating_target=False, cursor=None, parts=None,
+                         missing_copied=None,
                          written=0, id_hash=0)
         if clear_cache:
             shutil.rmtree(plan.state_dir / "cache", ignore_errors=True)

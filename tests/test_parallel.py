@@ -187,3 +187,20 @@ def test_ray_refuses_embedded_stores(qdrant_local_harness, tmp_path, fresh_name)
     stdout, stderr = out.communicate(timeout=120)
     assert out.returncode == 2 and "embedded store" in json.loads(stdout)["message"]
     assert "Traceback" not in stderr
+
+
+def test_run_killed_right_after_creating_the_target_resumes(chroma_embedded_harness, tmp_path,
+                                                            fresh_name):
+    from embedmigrate.errors import ConflictError
+    from embedmigrate.plan import load_plan
+    plan_path, source, translator, _ = setup_job(chroma_embedded_harness, tmp_path, fresh_name, 500,
+                                                 parts=2)
+    plan = load_plan(plan_path)
+    info = open_collection(plan.source.uri).describe()
+    open_collection(plan.target.uri).create_like(info, dim=DIM)  # as a killed first attempt left it
+    with pytest.raises(ConflictError):  # a target the job did not create is never written into
+        commands.apply(plan_path, progress=False, cutover=False)
+    JobState(tmp_path / "plan.state").update(creating_target=True)  # this job did create it
+    result = commands.apply(plan_path, progress=False, cutover=False)
+    assert result["ids_match"]
+    check_target(plan_path, source, translator)
