@@ -180,7 +180,12 @@ class Connector(ABC):
 
 def as_float32(vectors, dim: int | None = None, *, what: str = "vectors") -> np.ndarray:
     """Validate a vector batch: 2-D, finite, of the expected dimension."""
-    arr = np.asarray(vectors, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: refused below
+            arr = np.asarray(vectors, dtype=np.float32)
+    except (ValueError, TypeError) as e:  # ragged rows, text, None, nested objects
+        raise DataError(f"{what} are not a 2-D array of numbers ({_first_line(e)})",
+                        "pass one vector of numbers per row, all of the same dimension") from None
     if arr.ndim == 1 and arr.size == 0:
         arr = arr.reshape(0, dim or 0)
     if arr.ndim != 2:
@@ -195,6 +200,10 @@ def as_float32(vectors, dim: int | None = None, *, what: str = "vectors") -> np.
         raise DataError(f"{bad} of {len(arr)} {what} contain NaN or inf",
                         "clean or drop those points in the source before migrating")
     return arr
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def check_batch(batch: Batch, dim: int) -> Batch:

@@ -6,8 +6,12 @@
 
 Server options: ``tenant``, ``database``, ``token_env`` (the name of an
 environment variable holding a token, sent as ``Authorization: Bearer``, or
-under ``token_header`` e.g. ``X-Chroma-Token``), ``timeout`` (seconds per
-request, default 10) and ``retries`` (default 3, exponential backoff). A
+under ``token_header`` e.g. ``X-Chroma-Token``) or ``token_file`` (a file holding
+it), ``sslrootcert`` (CA bundle for chroma+https) or ``verify=false``, ``timeout`` (seconds per
+request, default 10), ``retries`` and ``retry_delay`` (default 3 retries after 0.5, 1,
+2 s; or the EMBEDMIGRATE_RETRIES / EMBEDMIGRATE_RETRY_DELAY environment variables).
+Every call is retried on its own (reads, and idempotent upserts), so a server that
+restarts within that window costs a pause, not the run. A
 ``user:password@`` in the URI is sent as HTTP basic auth.
 
 How Chroma's model maps onto ``Batch``:
@@ -59,7 +63,8 @@ import numpy as np
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError, UnavailableError,
                       UsageError)
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, as_float32, check_batch,
-                   quantile_positions, retry_delays)
+                   quantile_positions, retry_delays, retry_settings)
+from .credentials import TLS_OPTIONS, http_tls, secret, tls_failure
 from .uri import CollectionURI
 
 # Chroma's hnsw "space" <-> our metric names
@@ -95,10 +100,10 @@ class ChromaConnector(Connector):
         self.database = opts.get("database") or chromadb.DEFAULT_DATABASE
         try:
             self.timeout = float(opts.get("timeout", 10))
-            self.retries = int(opts.get("retries", 3))
         except ValueError:
-            raise UsageError(f"bad timeout/retries option in {uri.redacted()}",
-                             "use ?timeout=SECONDS&retries=N with numbers") from None
+            raise UsageError(f"bad timeout option in {uri.redacted()}",
+                             "use ?timeout=SECONDS with a number") from None
+        self.retries, self.retry_delay = retry_settings(opts)
         self._dim: int | None = None  # the dimension create_like was asked for
 
     # --- connecting --------------------------------------------------------------
@@ -118,7 +123,8 @@ class ChromaConnector(Connector):
     def client(self, create: bool = False):
         if self.is_server:
             key = ("http", self.uri.scheme, self.uri.host, self._port(), self.tenant,
-                   self.database, tuple(sorted(self._headers().items())))
+                   self.database, tuple(sorted(self._headers().items())),
+                   tuple(self.uri.options.get(k) for k in TLS_OPTIONS))
             make = self._http_client
         else:
             path = os.path.realpath(self.uri.path)
@@ -139,12 +145,8 @@ class ChromaConnector(Connector):
         if self.uri.username:
             pair = f"{self.uri.username}:{self.uri.password or ''}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        env = self.uri.options.get("token_env")
-        if env:
-            token = os.environ.get(env)
-            if not token:
-                raise UsageError(f"environment variable {env} (named by ?token_env=) is not set",
-                                 f"export {env}=<your Chroma token>")
+        token = secret(self.uri, "token", what="Chroma token")
+        if token:
             header = self.uri.options.get("token_header", "Authorization")
             headers[header] = f"Bearer {token}" if header.lower() == "authorization" else token
         return headers
@@ -155,12 +157,28 @@ class ChromaConnector(Connector):
         scheme = "https" if self.uri.scheme == "chroma+https" else "http"
         url = f"{scheme}://{self.uri.host}:{self._port()}/api/v2/heartbeat"
         headers = self._headers()
-        self._retrying("heartbeat", lambda: httpx.get(url, headers=headers, timeout=self._timeouts())
-                       .raise_for_status())
+        verify = http_tls(self.uri, scheme == "https", client_cert=False)
+
+        def heartbeat():
+            try:
+                httpx.get(url, headers=headers, timeout=self._timeouts(),
+                          verify=True if verify is None else verify).raise_for_status()
+            except httpx.ConnectError as e:
+                tls = tls_failure(e)
+                if tls:  # a certificate problem: retrying cannot help
+                    raise UsageError(f"TLS connection to Chroma server {self.where} failed: {tls}",
+                                     "check ?sslrootcert= (the CA that signed the server's "
+                                     "certificate) and the host name in the URI") from None
+                raise
+
+        self._retrying("heartbeat", heartbeat)
+        # chromadb's settings take a CA bundle path (or False), not an SSL context
+        settings = None if verify is None else chromadb.Settings(
+            chroma_server_ssl_verify=False if verify is False else self.uri.options["sslrootcert"])
         try:
             client = self._retrying("connect", lambda: chromadb.HttpClient(
                 host=self.uri.host, port=self._port(), ssl=scheme == "https", headers=dict(headers),
-                tenant=self.tenant, database=self.database))
+                tenant=self.tenant, database=self.database, settings=settings))
         except (chroma_errors.ChromaAuthError, chroma_errors.AuthorizationError):
             raise UsageError(f"Chroma server {self.where} refused the credentials",
                              "put a valid token in the variable named by ?token_env=") from None
@@ -183,13 +201,13 @@ class ChromaConnector(Connector):
         return UnavailableError(
             f"Chroma server {self.where} is unreachable ({what}: {type(err).__name__}) after "
             f"{self.retries + 1} attempts",
-            "start the server or fix host/port in the URI; for a slow server raise "
-            "?timeout=SECONDS or ?retries=N")
+            "start the server or fix host/port in the URI, then re-run (an interrupted apply "
+            "resumes where it stopped); for a slow server raise ?timeout=SECONDS or ?retries=N")
 
     def _retrying(self, what: str, fn):
         """Run fn, retrying network failures with backoff (servers only: every call we
         retry is a read or an idempotent upsert)."""
-        delays = retry_delays(self.retries) if self.is_server else []
+        delays = retry_delays(self.retries, base=self.retry_delay) if self.is_server else []
         for attempt in range(len(delays) + 1):
             try:
                 return fn()
@@ -417,21 +435,63 @@ class ChromaConnector(Connector):
         col = self._collection()
         dim = self._dim or self._dimension(col)
         batch = check_batch(batch, dim) if dim else check_batch(batch, as_float32(batch.vectors).shape[1])
+        if not len(batch):
+            return  # Chroma refuses an empty upsert
         ids = [str(i) for i in batch.ids]
         metadatas, uris = _split_payloads(batch.payloads)
         documents = list(batch.documents) if batch.documents is not None else None
         if documents is not None and len(documents) != len(ids):
             raise DataError(f"batch has {len(ids)} ids but {len(documents)} documents",
                             "pass one document (or None) per point")
+        _check_texts(ids, documents, uris)
         step = self.max_batch()
         for s in range(0, len(ids), step):
             e = s + step
-            self._call("upsert", col.upsert, ids=ids[s:e], embeddings=batch.vectors[s:e],
-                       metadatas=metadatas[s:e],
-                       documents=documents[s:e] if documents is not None else None,
-                       uris=uris[s:e] if uris is not None else None)
+            part_meta = metadatas[s:e]
+            part_docs = documents[s:e] if documents is not None else None
+            part_uris = uris[s:e] if uris is not None else None
+            stale = self._replace_stale(col, ids[s:e], part_meta, part_docs, part_uris)
+            try:
+                self._call("upsert", col.upsert, ids=ids[s:e], embeddings=batch.vectors[s:e],
+                           metadatas=part_meta, documents=part_docs, uris=part_uris)
+            except (ValueError, TypeError, chroma_errors.InvalidArgumentError) as err:
+                raise DataError(f"Chroma refused the batch: {_first_line(err)}",
+                                "fix or drop the ids, documents or metadata it names") from None
+            if stale:  # an old document or URI that upsert cannot clear: write those again
+                self._call("delete", col.delete, ids=stale)
+                keep = [k for k, i in enumerate(ids[s:e]) if i in set(stale)]
+                self._call("upsert", col.upsert, ids=[ids[s + k] for k in keep],
+                           embeddings=batch.vectors[s:e][keep],
+                           metadatas=[part_meta[k] for k in keep],
+                           documents=[part_docs[k] for k in keep] if part_docs else None,
+                           uris=[part_uris[k] for k in keep] if part_uris else None)
         if self._dim is None and dim is None:
             self._dim = batch.vectors.shape[1]
+
+    def _replace_stale(self, col, ids, metadatas, documents, uris) -> list[str]:
+        """Make an upsert over existing records leave exactly the new record.
+
+        Chroma's upsert *merges* into an existing record: metadata keys the new
+        record lacks, and its document and URI when the new ones are None, would
+        stay. Keys that must go are set to None in ``metadatas`` (which upsert
+        deletes); the ids whose document or URI must go are returned, to be
+        deleted and written again after the upsert has been accepted."""
+        old = self._call("upsert", col.get, ids=ids, include=["metadatas", "documents", "uris"])
+        if not old["ids"]:
+            return []  # the common case: a fresh target
+        where = {i: k for k, i in enumerate(ids)}
+        stale = []
+        for i, meta, doc, uri in zip(old["ids"], old["metadatas"] or [None] * len(old["ids"]),
+                                     old["documents"] or [None] * len(old["ids"]),
+                                     old["uris"] or [None] * len(old["ids"])):
+            k = where[i]
+            gone = set(meta or {}) - set(metadatas[k] or {})
+            if gone:
+                metadatas[k] = {**{key: None for key in gone}, **(metadatas[k] or {})}
+            if (doc is not None and (documents is None or documents[k] is None)) or \
+                    (uri is not None and (uris is None or uris[k] is None)):
+                stale.append(i)
+        return stale
 
     def drop(self) -> None:
         try:
@@ -577,6 +637,56 @@ def _concat(parts: list[Batch]) -> Batch:
                  [d for p in parts for d in (p.documents or [None] * len(p))] if has_docs else None)
 
 
+INT64 = (-2**63, 2**63 - 1)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def _is_text(value) -> bool:
+    """A str Chroma can store: UTF-8 (no lone surrogates)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _check_texts(ids: list[str], documents: list | None, uris: list | None) -> None:
+    """What Chroma's client would refuse only half-way (or in its Rust core)."""
+    for k, i in enumerate(ids):
+        if not i or not _is_text(i):
+            raise DataError(f"id #{k} {i!a} is empty or not UTF-8", "Chroma ids are non-empty text")
+    for what, values in (("document", documents), ("URI", uris)):
+        for k, value in enumerate(values or []):
+            if value is not None and not _is_text(value):
+                raise DataError(f"the {what} of point #{k} is not UTF-8 text ({_short(value)})",
+                                f"pass each {what} as a str or None")
+
+
+def _short(value) -> str:
+    text = ascii(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    """Why Chroma would refuse or silently change this metadata (None if it keeps it)."""
+    for key, value in meta.items():
+        if not key or not _is_text(key):
+            return f"key {_short(key)} is empty or not UTF-8"
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, str) and not _is_text(v):
+                return f"'{key}' holds text that is not UTF-8"
+            if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+                return f"'{key}' = {v} does not fit in 64 bits (Chroma would store it as a float)"
+            if isinstance(v, float) and not np.isfinite(v):
+                return f"'{key}' = {v} is not a finite number (Chroma would drop the key)"
+    return None
+
+
 def _split_payloads(payloads: list[dict]) -> tuple[list, list | None]:
     """Payloads -> Chroma metadatas (+ uris), validated before anything is written."""
     from chromadb.api.types import validate_metadata
@@ -594,6 +704,10 @@ def _split_payloads(payloads: list[dict]) -> tuple[list, list | None]:
         if meta and any(key.startswith("#") for key in meta):
             raise DataError(f"payload {k} has a key starting with '#', which Chroma reserves",
                             "rename that payload field")
+        problem = _metadata_problem(meta or {})
+        if problem:
+            raise DataError(f"payload {k} cannot be stored as Chroma metadata: {problem}",
+                            "convert or drop that field first")
         metadatas.append(meta)
     return metadatas, (uris if any(u is not None for u in uris) else None)
 

@@ -3,8 +3,16 @@
     postgresql://user@host:5432/db?table=docs&column=embedding&id=id&schema=public
     postgresql://postgres@/db?table=docs&host=/run/postgresql      (unix socket)
 
-Other query options (sslmode, sslrootcert, application_name, options ...) go to
-libpq unchanged. With no password in the URI libpq reads PGPASSWORD / ~/.pgpass.
+Other query options (sslmode, sslrootcert, sslcert, sslkey, application_name,
+options ...) go to libpq unchanged. The password: ``?password_file=PATH`` (a file
+holding only the password) or ``?password_env=VAR``, else libpq's PGPASSWORD /
+~/.pgpass; one typed into the URI is used but never stored (see credentials.py).
+
+A lost connection (server restart, failover, network) is retried with backoff:
+``?retries=N&retry_delay=SECONDS`` (or EMBEDMIGRATE_RETRIES / EMBEDMIGRATE_RETRY_DELAY;
+default 3 retries after 0.5, 1, 2 s). Each retry reconnects and runs the whole call
+again, so only calls that are safe to repeat retry: reads, ``write`` (one idempotent
+upsert transaction) and ``scan``, which continues after the last batch it yielded.
 
 How each operation maps onto PostgreSQL:
 
@@ -32,7 +40,9 @@ How each operation maps onto PostgreSQL:
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
 import time
 import uuid
@@ -46,7 +56,8 @@ import numpy as np
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError,
                       UnavailableError, UsageError)
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
-                   quantile_positions, retry_delays)
+                   quantile_positions, retry_delays, retry_settings)
+from .credentials import secret
 from .uri import CollectionURI
 
 # connectors/__init__.py imports this module only once psycopg is known to be installed
@@ -56,10 +67,14 @@ from psycopg import sql
 from psycopg.adapt import Dumper, Loader
 from psycopg.pq import Format
 
-OWN_OPTIONS = ("column", "id", "schema")  # everything else in the query string goes to libpq
+# everything else in the query string goes to libpq
+OWN_OPTIONS = ("column", "id", "schema", "retries", "retry_delay", "password_file",
+               "password_env")
+# libpq's words for a TLS failure that retrying cannot fix (bad CA, host name mismatch,
+# missing certificate file, a server without TLS under sslmode=require)
+TLS_FAILURES = ("SSL error", "certificate", "does not support SSL")
 CONNECT_TIMEOUT_S = 5  # per attempt; a user value is capped at MAX_CONNECT_TIMEOUT_S
 MAX_CONNECT_TIMEOUT_S = 30
-CONNECT_RETRIES = 3  # after the first attempt, with backoff 0.5, 1, 2 s
 LOCK_TIMEOUT = "10s"  # cutover waits this long for readers' locks, then gives up
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
 VECTOR_TYPES = ("vector", "halfvec")
@@ -72,6 +87,55 @@ INT_TYPES = ("int2", "int4", "int8")
 TEXT_TYPES = ("text", "varchar", "bpchar", "name", "citext")
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER",
               "MAINTAIN")
+
+# psycopg logs a warning when it abandons a COPY on a dead connection; the loss is
+# retried or reported by us in one line, so keep that log off the terminal
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+
+class _ConnectionLost(UnavailableError):
+    """The connection broke during a call (what ``_errors`` raises, and what the
+    retrying wrappers below catch). Callers outside them see an UnavailableError."""
+
+    def __init__(self, where: str, reason: str):
+        self.reason = reason
+        super().__init__(f"lost the connection to {where}: {reason}",
+                         "check the server is up, then re-run: an interrupted apply resumes "
+                         "where it stopped")
+
+
+def _reconnecting(method):
+    """Run the whole call again on a new connection when the connection is lost, with
+    bounded backoff. Only for calls that are safe to repeat from the start."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        failures = 0
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except _ConnectionLost as lost:
+                self._wait_to_retry(failures, lost, method.__name__)
+                failures += 1
+    return wrapper
+
+
+def _resuming(scan):
+    """A scan that loses its connection reconnects and continues after the last batch
+    it yielded (keyset pagination: the cursor is the last id, so no row is read twice
+    or skipped). The retry budget is per outage: it resets once a batch arrives."""
+    @functools.wraps(scan)
+    def wrapper(self, batch_size, after=None, *args, **kwargs):
+        cursor, failures = after, 0
+        while True:
+            try:
+                for batch, cursor in scan(self, batch_size, cursor, *args, **kwargs):
+                    failures = 0
+                    yield batch, cursor
+                return
+            except _ConnectionLost as lost:
+                self._wait_to_retry(failures, lost, "scan")
+                failures += 1
+    return wrapper
 
 
 @dataclass
@@ -114,6 +178,7 @@ class PostgresConnector(Connector):
         self.column = uri.options.get("column") or "embedding"
         self.id_column = uri.options.get("id") or "id"
         self.schema = uri.options.get("schema") or "public"
+        self.retries, self.retry_delay = retry_settings(uri.options)
         self._conn = None
         self._layout_cache: Layout | None = None
 
@@ -127,8 +192,9 @@ class PostgresConnector(Connector):
             params["port"] = str(u.port)
         if u.username:
             params["user"] = u.username
-        if u.password:  # else libpq reads PGPASSWORD / ~/.pgpass itself
-            params["password"] = u.password
+        password = u.password or secret(u, "password", what="password")
+        if password:  # else libpq reads PGPASSWORD / ~/.pgpass itself
+            params["password"] = password
         if u.database:
             params["dbname"] = u.database
         try:
@@ -150,7 +216,7 @@ class PostgresConnector(Connector):
         params = self._conninfo()
         where = self.uri.redacted()
         reason = ""
-        delays = retry_delays(CONNECT_RETRIES)
+        delays = self._delays()
         for attempt in range(len(delays) + 1):
             try:
                 conn = psycopg.connect(autocommit=True, **params)
@@ -164,12 +230,27 @@ class PostgresConnector(Connector):
                 if attempt < len(delays):
                     time.sleep(delays[attempt])
         else:
-            raise UnavailableError(
-                f"cannot reach PostgreSQL at {where} after {len(delays) + 1} attempts: {reason}",
-                "check the host and port and that the server is running and accepts connections "
-                "(for a unix socket pass ?host=/path/to/socket/dir)")
+            raise self._unreachable(len(delays) + 1, reason)
         _register_types(conn)
         return conn
+
+    def _delays(self) -> list[float]:
+        return retry_delays(self.retries, base=self.retry_delay)
+
+    def _unreachable(self, attempts: int, reason: str) -> UnavailableError:
+        return UnavailableError(
+            f"PostgreSQL at {self.uri.redacted()} is unreachable after {attempts} "
+            f"attempt{'s' * (attempts > 1)}: {reason}",
+            "check the host and port and that the server is running and accepts connections "
+            "(for a unix socket pass ?host=/path/to/socket/dir), then re-run: an interrupted "
+            "apply resumes where it stopped (?retries=N waits longer)")
+
+    def _wait_to_retry(self, failures: int, lost: "_ConnectionLost", what: str) -> None:
+        """Back off before the next attempt of a call that lost the connection, or give up."""
+        delays = self._delays()
+        if failures >= len(delays):
+            raise self._unreachable(failures + 1, f"{what}: {lost.reason}") from None
+        time.sleep(delays[failures])
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -202,9 +283,7 @@ class PostgresConnector(Connector):
             # no sqlstate: libpq lost the socket; 08: connection exception; 57P0x: shutdown
             if not state or state.startswith("08") or state in ("57P01", "57P02", "57P03"):
                 self.close()
-                raise UnavailableError(f"lost the connection to {self.uri.redacted()}: "
-                                       f"{_first_line(e)}",
-                                       "check the server is up, then resume the run") from None
+                raise _ConnectionLost(self.uri.redacted(), _first_line(e)) from None
             raise
 
     # --- table layout --------------------------------------------------------------
@@ -334,10 +413,12 @@ class PostgresConnector(Connector):
         return note.get(COMMENT_KEY) if isinstance(note, dict) else None
 
     # --- reading ------------------------------------------------------------------
+    @_reconnecting
     def exists(self) -> bool:
         with self._errors():
             return self._table_oid(self.name) is not None
 
+    @_reconnecting
     def describe(self) -> CollectionInfo:
         with self._errors():
             lay = self._layout(refresh=True)
@@ -395,6 +476,7 @@ class PostgresConnector(Connector):
         payloads = [dict(zip(names, r[2:])) for r in rows]
         return Batch(ids, vectors, payloads)
 
+    @_reconnecting
     def sample(self, n: int, seed: int = 0) -> Batch:
         with self._errors():
             lay = self._layout()
@@ -410,6 +492,7 @@ class PostgresConnector(Connector):
                                 "point the URI at the table that holds the vectors")
             return self._to_batch(lay, rows)
 
+    @_resuming
     def scan(self, batch_size: int, after: Cursor = None,
              part: Part = None) -> Iterator[tuple[Batch, Cursor]]:
         """Keyset pagination in id order; the cursor is the last id read. A part is
@@ -443,6 +526,7 @@ class PostgresConnector(Connector):
             if len(rows) < batch_size:
                 return
 
+    @_reconnecting
     def partitions(self, n: int) -> list[Part]:
         """Id ranges of near-equal size, cut at the ids found at evenly spaced
         positions of the primary key (an index-only walk per cut)."""
@@ -459,6 +543,7 @@ class PostgresConnector(Connector):
         bounds = [None, *dict.fromkeys(cuts), None]  # distinct cuts, in order
         return [{"from": a, "to": b} for a, b in zip(bounds, bounds[1:])]
 
+    @_reconnecting
     def fetch(self, ids: list) -> Batch:
         with self._errors():
             lay = self._layout()
@@ -541,6 +626,7 @@ class PostgresConnector(Connector):
                               "comment": src.comment, "source": f"{src.schema}.{src.table}"}}
         run(sql.SQL("COMMENT ON TABLE {} IS {}").format(target, sql.Literal(json.dumps(note))))
 
+    @_reconnecting
     def write(self, batch: Batch) -> None:
         with self._errors():
             lay = self._layout()
@@ -591,6 +677,7 @@ class PostgresConnector(Connector):
                     t=self._ident(), names=names, over=overriding, stage=stage,
                     id=sql.Identifier(lay.id.name), updates=updates))
 
+    @_reconnecting
     def finish_write(self) -> None:
         """Build the vector indexes create_like postponed, copy the foreign keys, restore
         the table comment, move identity sequences past the copied ids, ANALYZE."""
@@ -737,6 +824,14 @@ def _raise_if_permanent(err, where: str, uri: CollectionURI) -> None:
         raise UsageError(f"PostgreSQL at {where} refused user '{uri.username or '(default)'}': "
                          "authentication failed",
                          "check the user and the password (in the URI, PGPASSWORD or ~/.pgpass)")
+    if any(sign in text for sign in TLS_FAILURES):
+        raise UsageError(f"TLS connection to PostgreSQL at {where} failed: {_first_line(err)}",
+                         "check ?sslmode= and ?sslrootcert= (the CA that signed the server's "
+                         "certificate); verify-full also needs the host to match the certificate")
+    bad_value = re.search(r'invalid (\w+) value: "[^"]*"', text)  # e.g. ?sslmode=bogus
+    if bad_value:
+        raise UsageError(f"cannot connect to {where}: {bad_value.group(0)}",
+                         f"fix or remove ?{bad_value.group(1)}= in the URI")
     match = re.search(r'database "([^"]+)" does not exist', text)
     if match:
         raise NotFoundError(f"database '{match.group(1)}' does not exist at {where}",

@@ -1,7 +1,11 @@
 """Qdrant: a server, an embedded ``path=`` store, or the process-wide in-memory store.
 
-    qdrant://host:6333/docs          API key from $QDRANT_API_KEY (or ?api_key_env=NAME);
-    qdrants://host:6333/docs         TLS (same as ?https=true); ?timeout=SECONDS, ?retries=N,
+    qdrant://host:6333/docs          API key from $QDRANT_API_KEY, ?api_key_env=NAME or
+                                     ?api_key_file=PATH (see credentials.py);
+    qdrants://host:6333/docs         TLS (same as ?https=true); ?sslrootcert=CA.pem,
+                                     ?sslcert=&sslkey= (client certificate), ?verify=false
+                                     (REST only); ?timeout=SECONDS, ?retries=N,
+                                     ?retry_delay=SECONDS (or EMBEDMIGRATE_RETRIES / _DELAY),
                                      ?prefer_grpc=true&grpc_port=6334
     qdrant+local:///data/qdrant/docs QdrantClient(path="/data/qdrant")
     qdrant+memory:///docs            one in-memory store shared by the whole process (tests)
@@ -47,7 +51,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError,
                       UnavailableError, UsageError)
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
-                   quantile_positions, retry_delays)
+                   quantile_positions, retry_delays, retry_settings)
+from .credentials import http_tls, secret, tls_failure
 from .uri import CollectionURI
 
 DISTANCE_TO_METRIC = {models.Distance.COSINE: "cosine", models.Distance.DOT: "dot",
@@ -60,6 +65,7 @@ FLOAT_JSON_BYTES = 24  # "-0.12345678901234568," is 21 characters: the worst flo
 POINT_OVERHEAD_BYTES = 64  # a UUID id in quotes, commas and brackets
 ID_PAGE = 10_000  # ids per scroll page in sample()'s id-only pass
 RETRIEVE_PAGE = 1_000
+MAX_PAYLOAD_DEPTH = 100  # nesting levels of a payload (Qdrant's server parses at most 128)
 PEEK_POINTS = 256  # points read by describe() to list payload fields and the id type
 TRUE = ("1", "true", "yes", "on")
 
@@ -236,16 +242,32 @@ def point_ids(ids: Sequence) -> list:
     """Qdrant point ids (unsigned ints or UUID strings), checked before anything is written."""
     out = []
     for i in ids:
-        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0:
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < 2**64:
             out.append(int(i))
             continue
         try:
             out.append(str(uuid.UUID(str(i))) if not isinstance(i, uuid.UUID) else str(i))
         except ValueError:
-            raise DataError(f"id {i!r} is neither an unsigned integer nor a UUID",
+            raise DataError(f"id {i!r} is neither an unsigned 64-bit integer nor a UUID",
                             "Qdrant point ids must be unsigned integers or UUIDs: map the source "
                             "ids to UUIDs (e.g. uuid5) before writing to Qdrant") from None
     return out
+
+
+def check_depth(payloads: Sequence[dict], limit: int = MAX_PAYLOAD_DEPTH) -> None:
+    """Refuse payloads nested deeper than ``limit`` before anything is written (the
+    server's JSON parser stops at 128 levels; local mode would overflow Python's stack)."""
+    for k, payload in enumerate(payloads):
+        stack = [(payload, 1)]
+        while stack:
+            value, depth = stack.pop()
+            if depth > limit:
+                raise DataError(f"payload of point #{k} is nested more than {limit} levels deep",
+                                "flatten that payload field before migrating")
+            if isinstance(value, dict):
+                stack += [(v, depth + 1) for v in value.values()]
+            elif isinstance(value, (list, tuple)):
+                stack += [(v, depth + 1) for v in value]
 
 
 def fields_seen(payloads: Sequence[dict]) -> tuple[list[str], list[str]]:
@@ -275,7 +297,7 @@ class QdrantConnector(Connector):
         self.embedded = uri.scheme in ("qdrant+local", "qdrant+memory")
         self.wanted_vector = opts.get("vector") or None
         self.timeout = _positive(opts, "timeout", 10)
-        self.retries = _positive(opts, "retries", 3, allow_zero=True)
+        self.retries, self.retry_delay = retry_settings(opts)
         self.request_limit = int(_positive(opts, "max_request_mb", 32, kind=float) * 1024 * 1024)
         self._client: QdrantClient | None = None
         self._lock = contextlib.nullcontext()
@@ -295,30 +317,44 @@ class QdrantConnector(Connector):
                                     "check the folder in the URI: qdrant+local:///STORAGE/COLLECTION")
             self._client, self._lock = shared_client(path)
         else:
-            opts = self.uri.options
-            key_env = opts.get("api_key_env", "QDRANT_API_KEY")
-            if "api_key_env" in opts and not os.environ.get(key_env):
-                raise UsageError(f"the environment variable {key_env} (api_key_env) is not set",
-                                 f"export {key_env}=<your Qdrant API key>")
-            grpc = opts.get("prefer_grpc", "").lower() in TRUE
-            self._client = QdrantClient(
-                host=self.uri.host, port=self.uri.port or 6333,
-                grpc_port=_positive(opts, "grpc_port", 6334), prefer_grpc=grpc,
-                https=self.uri.scheme == "qdrants" or opts.get("https", "").lower() in TRUE,
-                api_key=os.environ.get(key_env) or None, timeout=self.timeout,
-                check_compatibility=False)  # it would cost a request and only warn
+            self._client = QdrantClient(**self.client_options())
         return self._client
+
+    def client_options(self) -> dict:
+        """QdrantClient keyword arguments for a server URI: address, TLS, API key."""
+        opts = self.uri.options
+        https = self.uri.scheme == "qdrants" or opts.get("https", "").lower() in TRUE
+        grpc = opts.get("prefer_grpc", "").lower() in TRUE
+        verify = http_tls(self.uri, https)
+        if grpc and verify is not None:
+            raise UsageError("?sslrootcert=, ?sslcert= and ?verify= apply to Qdrant's REST API, "
+                             "not to gRPC", "drop ?prefer_grpc=true, or set "
+                             "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH for a gRPC CA bundle")
+        kwargs = dict(host=self.uri.host, port=self.uri.port or 6333,
+                      grpc_port=_positive(opts, "grpc_port", 6334), prefer_grpc=grpc, https=https,
+                      api_key=secret(self.uri, "api_key", default_env="QDRANT_API_KEY",
+                                     what="Qdrant API key"),
+                      timeout=self.timeout,
+                      check_compatibility=False)  # it would cost a request and only warn
+        if verify is not None:
+            kwargs["verify"] = verify  # handed on to httpx by the REST client
+        return kwargs
 
     def _call(self, method: str, *args, **kwargs):
         """One client call: bounded retries with backoff on transport errors,
         engine errors mapped to errors the user can act on."""
         client = self._connect(create=method == "create_collection")
-        delays = [] if self.embedded else retry_delays(self.retries, base=0.5, cap=4.0)
+        delays = [] if self.embedded else retry_delays(self.retries, base=self.retry_delay, cap=4.0)
         for attempt in range(len(delays) + 1):
             try:
                 with self._lock:
                     return getattr(client, method)(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - classified just below
+                tls = None if self.embedded else tls_failure(e)
+                if tls:  # a certificate problem: retrying cannot help
+                    raise UsageError(f"TLS connection to Qdrant at {self.uri.redacted()} failed: "
+                                     f"{tls}", "check ?sslrootcert= (the CA that signed the "
+                                     "server's certificate) and the host name in the URI") from None
                 if not _is_transient(e):
                     if not _is_engine_error(e):
                         raise  # our own errors and bugs pass through unchanged
@@ -349,7 +385,8 @@ class QdrantConnector(Connector):
                 pass
         if status in (401, 403):
             return UsageError(f"Qdrant at {self.uri.redacted()} refused the API key ({status})",
-                              "set QDRANT_API_KEY (or ?api_key_env=NAME) to a valid key")
+                              "set QDRANT_API_KEY (or ?api_key_env=NAME / ?api_key_file=PATH) "
+                              "to a valid key")
         if status == 404 or (isinstance(e, ValueError) and "not found" in str(e)):
             return self._not_found()
         if status == 409 or "already exists" in str(e):
@@ -593,6 +630,7 @@ class QdrantConnector(Connector):
         batch = check_batch(batch, dim)
         ids = point_ids(batch.ids)
         payloads = [p if p is not None else {} for p in batch.payloads]
+        check_depth(payloads)
         for part in request_chunks(dim, payloads, self.request_limit):
             vectors = batch.vectors[part].tolist()
             self._call("upsert", self.name, wait=True, points=models.Batch(
