@@ -125,7 +125,12 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", base).strip("-").lower()[:40] or "new"
 
 
-def _encode_speed(encoder) -> float:
+def _encode_speed(encoder) -> float | None:
+    """Texts per second on this machine; None for precomputed vectors (a lookup,
+    which holds no probe sentence)."""
+    from .encoders import ArrayEncoder
+    if isinstance(encoder, ArrayEncoder):
+        return None
     probe = ["a short probe sentence to time the encoder"] * 16
     start = time.perf_counter()
     encoder.encode(probe)
@@ -136,15 +141,16 @@ FIT_SECONDS_PER_10K = {"linear": 60.0, "vec2vec": 1800.0, "mlp": 60.0, "semi": 3
 
 
 def estimate(count: int, old_dim: int, new_dim: int, n_old: int, n_texts: int,
-             texts_per_s: float, method: str, n_pairs: int) -> dict:
+             texts_per_s: float | None, method: str, n_pairs: int) -> dict:
     """Rough time / memory / disk figures for the plan (CPU measured by a probe; GPU assumed)."""
-    encode_s = n_texts / max(texts_per_s, 1e-6)
+    encode_s = 0.0 if texts_per_s is None else n_texts / max(texts_per_s, 1e-6)
     eff = method if method != "auto" else ("ridge" if n_pairs >= 1000 else "semi" if n_pairs else "linear")
     fit_s = FIT_SECONDS_PER_10K.get(eff, 5.0) * max(n_old, 10000) / 10000
     apply_rate = 3000.0  # vectors/s, conservative; see docs/benchmarks.md per engine
     bytes_per_vec = 4 * new_dim
+    speed = "precomputed" if texts_per_s is None else round(texts_per_s, 1)
     return {
-        "encode_texts": n_texts, "encoder_texts_per_s_cpu": round(texts_per_s, 1),
+        "encode_texts": n_texts, "encoder_texts_per_s_cpu": speed,
         "train_minutes_cpu": round((encode_s + fit_s) / 60, 1),
         "train_minutes_gpu_estimate": round((encode_s / 20 + fit_s / 10) / 60, 1),
         "apply_minutes": round(count / apply_rate / 60, 1),

@@ -304,3 +304,18 @@ def test_translate_command_both_directions(tmp_path):
                   "--inverse")
     assert out.returncode == 0, out.stderr
     assert np.mean(np.sum(np.load(tmp_path / "back.npy") * xn, axis=1)) > 0.99
+
+
+def test_plan_with_precomputed_new_vectors(chroma_embedded_harness, corpus, tmp_path, fresh_name):
+    """An npy: model is a lookup table: plan must not try to time it on a probe sentence."""
+    ids, vectors, payloads = corpus
+    src = fresh_name("src")
+    chroma_embedded_harness.populate(src, ids, vectors, payloads)
+    texts = [p["text"] for p in payloads]
+    np.save(tmp_path / "new.npy", vectors[:, ::-1].copy())
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    spec = f"npy:{tmp_path / 'new.npy'}?texts={tmp_path / 'texts.txt'}"
+    result = commands.plan(chroma_embedded_harness.uri(src), spec, text_field="text",
+                           output=tmp_path / "plan.toml", checkpoint=str(tmp_path / "ckpt"))
+    assert result["estimate"]["encoder_texts_per_s_cpu"] == "precomputed"
+    assert commands.train(result["plan"], progress=False)["metrics"]["holdout_top1"] > 0.9
