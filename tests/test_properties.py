@@ -15,17 +15,20 @@ import datetime
 import itertools
 import json
 import math
+import os
 import re
+import reprlib
 import string
 import subprocess
 import sys
 from urllib.parse import quote
 
+import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
-from embedmigrate.connectors import open_collection, parse_uri
+from embedmigrate.connectors import Batch, open_collection, parse_uri
 from embedmigrate.connectors.uri import SCHEMES, CollectionURI
 from embedmigrate.errors import EmbedMigrateError
 
@@ -439,3 +442,386 @@ def test_cli_process_on_a_plan_that_is_not_utf8(plan_dir):
     assert run.returncode == 2, run
     assert "Traceback" not in run.stderr and run.stderr.startswith("error: "), run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "fix:" in run.stderr
+
+
+# --- vector batches written through the real connectors ----------------------------------
+
+DIM = 4
+PG_COLUMNS = {"title": "text", "n": "bigint", "score": "double precision", "tags": "text[]",
+              "meta": "jsonb"}
+
+# Payload values come clean (any UTF-8 text, big strings, nesting, odd floats an engine
+# can hold) or dirty (NUL, lone surrogates, NaN/inf, ints beyond 64 bits, nesting deeper
+# than any engine takes, values of another type than the column's).
+clean_text = st.one_of(st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8),
+                       st.sampled_from(["", "é\u202e", "\U0001F600", "\\", "'", "\n\t"]))
+nasty_text = st.one_of(st.text(max_size=8),
+                       st.sampled_from(["a\x00b", "\x00", "\ud800", "x\udcff"]))
+huge_text = st.sampled_from([1, 2]).map(lambda mb: "x" * (mb * 1024 * 1024))
+
+
+class Nested(dict):
+    """{"d": {"d": ... "bottom"}} ``depth`` levels deep, with a short repr (printing
+    it whole would overflow the stack of whoever prints a failing example)."""
+
+    def __init__(self, depth: int):
+        value: object = "bottom"
+        for _ in range(depth - 1):
+            value = {"d": value}
+        super().__init__(d=value)
+        self.depth = depth
+
+    def __repr__(self) -> str:
+        return f"Nested({self.depth})"
+
+
+nested = Nested
+
+
+def json_values(clean: bool):
+    text = clean_text if clean else nasty_text
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), st.integers(-5, 5),
+                       st.floats(allow_nan=False, allow_infinity=False), text)
+    if not clean:
+        scalar = st.one_of(scalar, st.integers(-2**70, 2**70), st.floats())
+    return st.one_of(
+        scalar, huge_text,
+        st.recursive(scalar, lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(text, inner, max_size=3)), max_leaves=6),
+        st.integers(10, 90 if clean else 1500).map(nested))
+
+
+def qdrant_payloads(clean: bool):
+    return st.dictionaries(clean_text if clean else nasty_text, json_values(clean), max_size=3)
+
+
+def chroma_payloads(clean: bool):
+    """Chroma metadata: scalars and non-empty lists of one type (dirty: what it cannot hold)."""
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
+                       st.floats(allow_nan=False, allow_infinity=False), clean_text, huge_text)
+    value = st.one_of(scalar, st.lists(st.integers(), min_size=1, max_size=2),
+                      st.lists(clean_text, min_size=1, max_size=2))
+    key = st.one_of(word, clean_text.filter(bool))
+    if not clean:
+        value = st.one_of(value, json_values(False), st.lists(st.integers(), max_size=0),
+                          st.lists(st.one_of(st.integers(), st.text()), min_size=2, max_size=2))
+        key = st.one_of(key, nasty_text, st.just("#uri"), st.just("chroma:document"))
+    return st.dictionaries(key, value, max_size=3)
+
+
+def postgres_payloads(clean: bool):
+    """A whole row, as a Postgres source yields it (title text, n bigint, score double
+    precision, tags text[], meta jsonb); dirty: values of another type, unknown columns."""
+    text = clean_text if clean else nasty_text
+    right = {"title": st.one_of(text, huge_text), "n": st.integers(-2**63, 2**63 - 1),
+             "score": st.floats(), "tags": st.lists(st.one_of(st.none(), text), max_size=2),
+             "meta": json_values(clean)}
+    if clean:
+        return st.fixed_dictionaries({k: st.one_of(st.none(), v) for k, v in right.items()})
+    wrong = st.one_of(json_values(False), st.integers(-2**70, 2**70), st.booleans())
+    row = st.fixed_dictionaries({k: st.one_of(v, wrong) for k, v in right.items()})
+    extra = st.dictionaries(st.sampled_from(["unknown", "Title"]), st.integers(), max_size=1)
+    return st.tuples(row, extra).map(lambda t: {**t[0], **t[1]})
+
+
+good_ids = {
+    "qdrant": st.one_of(st.integers(0, 40), st.uuids().map(str), st.uuids()),
+    "chroma": st.one_of(st.integers(0, 40), word, st.uuids(), st.just("a\x00b")),
+    "postgres": st.one_of(st.integers(0, 40), st.integers(2**63 - 3, 2**63 - 1)),
+}
+bad_ids = {
+    "qdrant": st.one_of(st.integers(-3, -1), st.integers(2**64, 2**64 + 2), word,
+                        st.sampled_from(["", None, True, 1.5])),
+    "chroma": st.sampled_from(["", "\ud800", None]),
+    "postgres": st.one_of(st.integers(2**63, 2**64), st.integers(-2**70, -2**63 - 1),
+                          st.sampled_from(["7", "abc", "", 1.5, 2.0, None, True, "\ud800"])),
+}
+payloads_of = {"qdrant": qdrant_payloads, "chroma": chroma_payloads, "postgres": postgres_payloads}
+
+
+@st.composite
+def vectors(draw, n: int, good: bool):
+    """Float vectors (zero rows, float64, a list or an array), or, when not ``good``,
+    NaN/inf, values beyond float32, a wrong dimension, a flat list, ragged rows, or
+    things that are not numbers."""
+    values = draw(st.lists(st.lists(st.floats(-10, 10, width=32), min_size=DIM, max_size=DIM),
+                           min_size=n, max_size=n))
+    if good:
+        kind = draw(st.sampled_from(["plain", "plain", "zero", "tiny"]))
+    else:
+        kind = draw(st.sampled_from(["nan", "inf", "huge", "dim", "flat", "ragged", "text", "none"]))
+    if kind == "dim":
+        values = [v + [0.5] for v in values]
+    elif kind == "flat":
+        return [x for v in values for x in v]
+    elif n and kind != "plain":
+        row, col = draw(st.integers(0, n - 1)), draw(st.integers(0, DIM - 1))
+        if kind == "zero":
+            values[row] = [0.0] * DIM
+        elif kind == "tiny":
+            values[row] = [1e-45, -0.0, 1e-38, 0.0]
+        elif kind == "ragged":
+            values[row] = values[row][:-1]
+        else:
+            values[row][col] = {"nan": math.nan, "inf": -math.inf, "huge": 1e39, "text": "0.5",
+                                "none": None}[kind]
+    if kind not in ("ragged", "text", "none") and draw(st.booleans()):
+        with np.errstate(over="ignore"):  # 1e39 -> inf in float32: the writer must refuse it
+            return np.asarray(values, dtype=draw(st.sampled_from([np.float32, np.float64])))
+    return values
+
+
+@st.composite
+def batches(draw, engine: str):
+    """Up to 4 points; at most one thing broken (an id, the vectors, a duplicate id, or
+    the payloads)."""
+    n = draw(st.integers(0, 4))
+    broken = draw(st.sampled_from(["nothing", "nothing", "nothing", "id", "vectors", "duplicate",
+                                   "payload", "payload"]))
+    ids = draw(st.lists(good_ids[engine], min_size=n, max_size=n, unique_by=str))
+    if broken == "id" and n:
+        ids[draw(st.integers(0, n - 1))] = draw(bad_ids[engine])
+    if broken == "duplicate" and n > 1:
+        ids[-1] = ids[0]
+    clean = broken != "payload"
+    payloads = draw(st.lists(payloads_of[engine](clean), min_size=n, max_size=n))
+    documents = None
+    if engine == "chroma" and draw(st.booleans()):
+        document = st.one_of(st.none(), clean_text, huge_text)
+        if not clean:
+            document = st.one_of(document, nasty_text, st.integers())
+        documents = draw(st.lists(document, min_size=n, max_size=n))
+    return Batch(ids, draw(vectors(n, good=broken != "vectors")), payloads, documents)
+
+
+class Target:
+    """A target collection created by ``create_like``, written by the property test."""
+
+    def __init__(self, harness, name: str):
+        self.harness = harness
+        self.engine = harness.engine
+        self.name = name
+        self.conn = open_collection(harness.uri(name))
+
+    def snapshot(self) -> dict:
+        """Every point: id -> (vector, payload, document)."""
+        points = {}
+        with open_collection(self.harness.uri(self.name)) as conn:
+            for batch, _ in conn.scan(1000):
+                docs = batch.documents or [None] * len(batch)
+                for i, v, p, d in zip(batch.ids, batch.vectors, batch.payloads, docs):
+                    points[str(i)] = (v.tolist(), p, d)
+        return points
+
+
+def make_target(harness, name: str) -> Target:
+    """A source populated by the engine's own client, and a target like it."""
+    rng = np.random.default_rng(0)
+    src_vectors = rng.normal(size=(3, DIM)).astype(np.float32)
+    if harness.engine == "postgres":
+        payloads = [{"title": f"t{i}", "n": i, "score": i / 3, "tags": ["a"], "meta": {"k": i}}
+                    for i in range(3)]
+    else:
+        payloads = [{"title": f"t{i}"} for i in range(3)]
+    harness.populate(f"{name}_src", [1, 2, 3], src_vectors, payloads, metric="cosine")
+    info = open_collection(harness.uri(f"{name}_src")).describe()
+    target = Target(harness, name)
+    target.conn.create_like(info, dim=DIM)
+    return target
+
+
+@pytest.fixture(scope="module")
+def qdrant_target(qdrant_memory_harness):
+    return make_target(qdrant_memory_harness, f"props_q_{os.getpid()}")
+
+
+@pytest.fixture(scope="module")
+def chroma_target(chroma_embedded_harness):
+    return make_target(chroma_embedded_harness, f"props_c_{os.getpid()}")
+
+
+@pytest.fixture(scope="module")
+def postgres_target(postgres_socket_harness):
+    return make_target(postgres_socket_harness, f"props_p_{os.getpid()}")
+
+
+def same_json(a, b, rel: float = 0.0) -> bool:
+    """Equality of payload values where nan equals nan, a bool is no int, an int equals
+    the float it reads back as, and floats may differ by ``rel`` (iterative: payloads may be nested deeper than Python's
+    recursion limit)."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            if x.keys() != y.keys():
+                return False
+            stack += [(x[k], y[k]) for k in x]
+        elif isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            if len(x) != len(y):
+                return False
+            stack += list(zip(x, y))
+        elif isinstance(x, float) and isinstance(y, float) and rel:
+            if not math.isclose(x, y, rel_tol=rel):
+                return False
+        elif {type(x), type(y)} == {int, float}:
+            # JSON has one number type: jsonb reads 1.34e17 back as the int 134146403751331460
+            if float(x) != float(y):
+                return False
+        elif x != y or isinstance(x, bool) != isinstance(y, bool):
+            return False
+    return True
+
+
+QDRANT_EPSILON = 1.1920929e-7  # f32::EPSILON: Qdrant leaves shorter vectors unnormalised
+
+
+def expected_vector(engine_normalises: bool, v: np.ndarray) -> np.ndarray:
+    """What a cosine collection hands back. Qdrant normalises, except vectors too short
+    to have a direction (zero vectors included), which it stores as they are, as the
+    server does; Chroma and pgvector store every vector as written."""
+    if not engine_normalises:
+        return v
+    norm = np.linalg.norm(v.astype(np.float64))
+    return (v / norm).astype(np.float32) if norm > QDRANT_EPSILON else v
+
+
+def count(outcome: str) -> None:
+    """How examples ended, for --hypothesis-show-statistics."""
+    if currently_in_test_context():
+        event(outcome)
+
+
+def check_write(target: Target, batch: Batch) -> None:
+    """The batch property: refused with nothing written, or read back exactly."""
+    before = target.snapshot()
+    try:
+        target.conn.write(batch)
+    except EmbedMigrateError as e:
+        count(f"refused: {type(e).__name__}")
+        one_line(e)
+        assert same_json(target.snapshot(), before), "a refused batch changed the collection"
+        return
+    count(f"written ({'empty' if not len(batch.ids) else 'points'})")
+    ids = [str(i) for i in batch.ids]
+    got = target.conn.fetch(list(batch.ids))
+    assert [str(i) for i in got.ids] == ids
+    written = np.asarray(batch.vectors, dtype=np.float32).reshape(len(ids), DIM)
+    for k, i in enumerate(ids):
+        want = expected_vector(not target.harness.exact_vectors, written[k])
+        np.testing.assert_allclose(got.vectors[k], want, rtol=1e-6, atol=1e-7, err_msg=i)
+        # Chroma stores some float metadata one ulp off (see test_connectors.float_tolerant)
+        rel = 1e-12 if target.engine == "chroma" else 0.0
+        assert same_json(got.payloads[k], expected_payload(target, batch.payloads[k]), rel), \
+            (i, reprlib.repr(got.payloads[k]), reprlib.repr(batch.payloads[k]))
+        if target.engine == "chroma":
+            want_doc = batch.documents[k] if batch.documents is not None else None
+            got_doc = got.documents[k] if got.documents is not None else None
+            assert got_doc == want_doc, (i, got_doc, want_doc)
+    after = target.snapshot()
+    assert same_json({k: v for k, v in after.items() if k not in ids},
+                     {k: v for k, v in before.items() if k not in ids}), "other points changed"
+
+
+def expected_payload(target: Target, payload: dict) -> dict:
+    if target.engine == "postgres":  # every column comes back, NULL as None
+        return {c: payload.get(c) for c in PG_COLUMNS}
+    if target.engine == "chroma":  # Chroma has no null: a None field reads back absent
+        return {k: v for k, v in payload.items() if v is not None}
+    return payload
+
+
+BATCHES = settings(max_examples=40, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+ONE = [[0.1, 0.2, 0.3, 0.4]]
+
+
+@BATCHES
+@given(batch=batches("qdrant"))
+# found by this test: each crashed with a traceback or was stored wrongly before the fix
+@example(batch=Batch([1, 2], [[1, 2, 3, 4], [1, 2, 3]], [{}, {}]))  # ragged rows: ValueError
+@example(batch=Batch([1], [[1, 2, "x", 4]], [{}]))  # not a number: ValueError
+@example(batch=Batch([1], ONE, [{"a": nested(1500)}]))  # RecursionError in json.dumps
+@example(batch=Batch([1], ONE, [{"a": nested(400)}]))  # RecursionError in local mode's deepcopy
+@example(batch=Batch([2**64 + 1], ONE, [{}]))  # stored by local mode, refused by any server
+# zero and subnormal vectors in a cosine collection: stored as written (too short to normalise)
+@example(batch=Batch([3, 4], [[0, 0, 0, 0], [1e-45, -0.0, 1e-38, 0]], [{}, {}]))
+def test_qdrant_writes_a_batch_exactly_or_refuses_it_untouched(qdrant_target, batch):
+    check_write(qdrant_target, batch)
+
+
+@BATCHES
+@given(batch=batches("chroma"))
+@example(batch=Batch([], [], []))  # Chroma's upsert raised ValueError on an empty batch
+@example(batch=Batch([""], ONE, [{}]))  # empty id: InvalidArgumentError
+@example(batch=Batch([1], ONE, [{"": 1}]))  # empty metadata key: InvalidArgumentError
+@example(batch=Batch([1], ONE, [{"#uri": False}]))  # a URI that is not text
+@example(batch=Batch([1], ONE, [{"a": "\udcff"}]))  # lone surrogate: TypeError in the binding
+@example(batch=Batch([1], ONE, [{}], ["\ud800"]))  # ... in a document: UnicodeEncodeError
+@example(batch=Batch([1], ONE, [{}], [5]))  # a document that is not text: ValueError
+@example(batch=Batch([1], ONE, [{"a": 2**70}]))  # was stored silently as the float 1.18e21
+@example(batch=Batch([1], ONE, [{"a": math.nan}]))  # was dropped silently
+def test_chroma_writes_a_batch_exactly_or_refuses_it_untouched(chroma_target, batch):
+    check_write(chroma_target, batch)
+
+
+def pg_row(**values):
+    return {**{c: None for c in PG_COLUMNS}, **values}
+
+
+@BATCHES
+@given(batch=batches("postgres"))
+@example(batch=Batch([1], ONE, [pg_row(title="a\x00b")]))  # psycopg.DataError escaped
+@example(batch=Batch([1], ONE, [pg_row(title="\udcff")]))  # UnicodeEncodeError
+@example(batch=Batch([1], ONE, [pg_row(n=2**70)]))  # OverflowError
+@example(batch=Batch([1], ONE, [pg_row(n=1.5)]))  # TypeError
+@example(batch=Batch([1], ONE, [pg_row(n=True)]))  # was stored silently as 1
+@example(batch=Batch([1], ONE, [pg_row(tags="abc")]))  # was stored as {a,b,c}
+@example(batch=Batch([1], ONE, [pg_row(tags=False)]))  # was stored as {}
+@example(batch=Batch(["abc"], ONE, [pg_row()]))  # ValueError from int("abc")
+@example(batch=Batch([1.5], ONE, [pg_row()]))  # was stored silently as id 1
+@example(batch=Batch([None], ONE, [pg_row()]))  # TypeError
+@example(batch=Batch(["7"], ONE, [pg_row(score=math.inf)]))  # a str id of a number: accepted
+def test_postgres_writes_a_batch_exactly_or_refuses_it_untouched(postgres_target, batch):
+    check_write(postgres_target, batch)
+
+
+@pytest.mark.parametrize("engine_target", ["qdrant_target", "chroma_target", "postgres_target"])
+def test_rewriting_a_point_replaces_all_of_it(engine_target, request):
+    """Writes are upserts: a point written again (a resumed or caught-up apply) must read
+    back as the new point, not merged with the old one. Chroma's upsert merges: old
+    metadata keys, documents and URIs used to stay."""
+    target = request.getfixturevalue(engine_target)
+    engine = target.engine
+    first = {"title": "old", "n": 1, "tags": ["x"]}
+    if engine == "chroma":
+        first["#uri"] = "file:///old"
+    if engine == "postgres":
+        first, second = pg_row(**first), pg_row(title="new")
+    else:
+        second = {"title": "new"}
+    documents = (["old document"], [None]) if engine == "chroma" else (None, None)
+    check_write(target, Batch([39], ONE, [first], documents[0]))
+    check_write(target, Batch([39], [[0.4, 0.3, 0.2, 0.1]], [second], documents[1]))
+
+
+@pytest.mark.parametrize("method", ["identity", "procrustes", "ridge"])
+def test_zero_vectors_survive_the_rewrite(method, qdrant_target, chroma_target, postgres_target):
+    """A zero vector cannot be normalised. The translators map it to a finite vector
+    (identity: zero again), and every engine stores that as it is."""
+    from embedmigrate.translators import make_translator
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=(200, DIM)).astype(np.float32)
+    rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
+    new = (old @ rotation).astype(np.float32)
+    translator = make_translator(method).fit(old, new, pairs=(old[:100], new[:100]))
+    zeros = np.zeros((2, DIM), np.float32)
+    zeros[1, 2] = 1e-40
+    translated = translator.translate(zeros)
+    assert np.isfinite(translated).all()
+    for target in (qdrant_target, chroma_target, postgres_target):
+        payloads = [pg_row(), pg_row()] if target.engine == "postgres" else [{}, {}]
+        check_write(target, Batch([37, 38], translated, payloads))

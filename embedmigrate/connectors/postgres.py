@@ -49,6 +49,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Iterator
 
 import numpy as np
@@ -275,7 +276,9 @@ class PostgresConnector(Connector):
         except pg_errors.UndefinedTable as e:
             raise NotFoundError(f"PostgreSQL: {_first_line(e)}",
                                 "check ?table= and ?schema= in the URI") from None
-        except pg_errors.DataException as e:
+        except (psycopg.DataError, psycopg.IntegrityError) as e:
+            # DataError: the server's DataException, or psycopg refusing a value client-side
+            # (a NUL in text); IntegrityError: a NOT NULL or CHECK constraint of the table
             raise DataError(f"PostgreSQL rejected the data: {_first_line(e)}",
                             "fix the values it names in the source") from None
         except psycopg.OperationalError as e:
@@ -643,6 +646,7 @@ class PostgresConnector(Connector):
                                 f"add the column (ALTER TABLE {lay.table} ADD COLUMN ...) or "
                                 "drop the field from the payloads")
             cols = [lay.id, lay.vector, *[writable[f] for f in fields if f in writable]]
+            _check_values(lay, batch, cols[2:])  # before the transaction: nothing half-sent
             rows = self._rows(lay, batch, cols[2:])
             self._upsert(lay, cols, rows)
 
@@ -669,8 +673,15 @@ class PostgresConnector(Connector):
                 with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                         stage, names)) as copy:
                     copy.set_types([c.copy_oid for c in cols])
-                    for row in rows:
-                        copy.write_row(row)
+                    for k, row in enumerate(rows):
+                        try:
+                            copy.write_row(row)
+                        except (TypeError, ValueError, OverflowError, IndexError,
+                                RecursionError) as e:  # a value the column's type cannot take
+                            raise DataError(f"row #{k} (id {_short(row[0])}) cannot be written "
+                                            f"to '{lay.schema}.{lay.table}': {_first_line(e)}",
+                                            "convert the payload values to the columns' types"
+                                            ) from None
                 cur.execute(sql.SQL(
                     "INSERT INTO {t} ({names}){over} SELECT {names} FROM {stage} "
                     "ON CONFLICT ({id}) DO UPDATE SET {updates}").format(
@@ -911,6 +922,95 @@ def _id_kind(typname: str) -> str:
     if typname in INT_TYPES:
         return "int"
     return "uuid" if typname == "uuid" else "str"
+
+
+INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+NUMBERS = (int, float, Decimal, np.integer, np.floating)
+BOOLS = (bool, np.bool_)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _misfit(typname: str):
+    """A check that a payload value would be stored *wrongly* by the binary COPY into a
+    column of this type (True as 1 in an integer column, a str as the array of its
+    characters, False as an empty array ...), or None. Values the column cannot take
+    at all (a str in an integer column, a NUL in text) make psycopg or the server
+    refuse the COPY, which rolls the batch back."""
+    if typname in INT_TYPES or typname in ("float4", "float8", "numeric"):
+        return lambda v: isinstance(v, BOOLS) or not isinstance(v, NUMBERS) or (
+            typname in INT_TYPES and not isinstance(v, (int, np.integer)))
+    if typname == "bool":
+        return lambda v: not isinstance(v, BOOLS)
+    if typname in TEXT_TYPES:
+        return lambda v: not isinstance(v, str)
+    if typname.startswith("_"):  # an array
+        return lambda v: not isinstance(v, (list, tuple))
+    return None
+
+
+def _fine(typname: str) -> tuple:
+    """The Python types that always fit a column of this type (the fast path of the checks)."""
+    if typname in INT_TYPES:
+        return (int,)
+    if typname in ("float4", "float8", "numeric"):
+        return (float, int)
+    if typname == "bool":
+        return (bool,)
+    if typname in TEXT_TYPES:
+        return (str,)
+    return (list,) if typname.startswith("_") else ()
+
+
+def _check_values(lay: "Layout", batch: Batch, payload_cols: list) -> None:
+    """Ids and payload values that fit their columns, checked before anything is sent."""
+    bound = INT_RANGES.get(lay.id.typname)
+    for k, i in enumerate(batch.ids):
+        if not (type(i) is int and bound and -bound <= i < bound):  # noqa: E721 - fast path
+            _write_id(i, lay, k)
+    for col in payload_cols:
+        misfit, fine = _misfit(col.typname), _fine(col.typname)
+        if misfit is None:
+            continue
+        for k, payload in enumerate(batch.payloads):
+            value = payload.get(col.name)
+            if value is not None and type(value) not in fine and misfit(value):
+                raise DataError(f"payload field '{col.name}' of point #{k} = {_short(value)} "
+                                f"does not fit column type {col.type}",
+                                "convert that field to the column's type, or drop it")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _write_id(value, lay: "Layout", k: int) -> None:
+    """An id the key column stores as that very id: no bool, float or None in an integer
+    key (int() would turn 1.5 into 1), no NUL in a text key."""
+    typname = lay.id.typname
+    if typname in INT_TYPES:
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,19}", value):
+            value = int(value)  # "42" from an engine whose ids are strings
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, BOOLS) and \
+            -INT_RANGES[typname] <= int(value) < INT_RANGES[typname]
+    elif typname == "uuid":
+        ok = isinstance(value, uuid.UUID) or isinstance(value, str) and _is_uuid(value)
+    elif typname in TEXT_TYPES:
+        ok = isinstance(value, (str, int, np.integer, uuid.UUID)) and \
+            not isinstance(value, BOOLS) and "\x00" not in str(value)
+    else:
+        ok = value is not None
+    if not ok:
+        raise DataError(f"id {_short(value)} of point #{k} cannot be a key of column "
+                        f"'{lay.id.name}' ({lay.id.type})",
+                        f"map the ids to {lay.id.type} values before writing")
 
 
 def _id_in(value, typname: str):
