@@ -21,10 +21,11 @@ What each method gets (its default configuration unless said):
                            and per evaluation is measured and the default
                            3,000-step run extrapolated (marked as such)
 
-Each fit runs in a fresh subprocess (torch and BLAS at --threads, default 2): wall time of fit(),
+Each fit runs in a fresh subprocess (torch and BLAS at --threads, default 2):
+wall time and CPU time (all threads; less sensitive to other jobs) of fit(),
 the process's RSS just before fit() (data loaded, libraries imported) and its
 peak RSS (VmHWM, its own address space). The load average before and after
-is recorded: other jobs share the two cores, so seconds are noisy.
+is recorded: other jobs share the two cores, so wall seconds are noisy.
 """
 
 from __future__ import annotations
@@ -113,10 +114,11 @@ def child(method: str, n: int, vec2vec_steps: int, threads: int) -> dict:
     data_mb = sum(a.nbytes for a in (fit_old, fit_new)) / 2**20
     t = make_translator(method, **options)
     rss_before = _status_mb("VmRSS")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     t.fit(fit_old, fit_new, pairs=pairs)
-    seconds = time.perf_counter() - start
-    out = {"method": method, "n": n, "data": how, "fit_seconds": seconds, "rss_before_fit_mb": rss_before,
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    out = {"method": method, "n": n, "data": how, "fit_seconds": seconds, "fit_cpu_seconds": cpu,
+           "rss_before_fit_mb": rss_before,
            "peak_rss_mb": _status_mb("VmHWM"), "input_arrays_mb": data_mb}
     if method == "mlp":
         out["training"] = t.meta.get("training")
@@ -196,12 +198,12 @@ def render(rows: list[dict], args) -> str:
            "One fresh process per fit. fit s: wall time of `fit()`. RSS before fit: data loaded "
            "and libraries imported; peak: VmHWM of the process. Load average: 1-minute value "
            "before → after.", "",
-           "| method | n | data | fit s | RSS before fit MB | peak RSS MB | load avg |",
-           "|---|---|---|---|---|---|---|"]
+           "| method | n | data | fit s (wall) | fit CPU s | RSS before fit MB | peak RSS MB | load avg |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         load = f"{r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f}"
         if "error" in r:
-            out.append(f"| {r['method']} | {r['n']:,} | – | failed: {r['error']} | – | – | {load} |")
+            out.append(f"| {r['method']} | {r['n']:,} | – | failed: {r['error']} | – | – | – | {load} |")
             continue
         note = ""
         if r["method"] == "mlp" and r.get("training"):
@@ -210,7 +212,8 @@ def render(rows: list[dict], args) -> str:
         if r["method"] == "vec2vec":
             note = f" ({args.vec2vec_steps} steps)"
         data = "real" if r["data"].startswith("real") else "resampled + noise"
-        out.append(f"| {r['method']} | {r['n']:,} | {data} | {r['fit_seconds']:,.1f}{note} | "
+        cpu = f"{r['fit_cpu_seconds']:,.0f}" if "fit_cpu_seconds" in r else "–"
+        out.append(f"| {r['method']} | {r['n']:,} | {data} | {r['fit_seconds']:,.1f}{note} | {cpu} | "
                    f"{r['rss_before_fit_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {load} |")
     v2v = [r for r in rows if r["method"] == "vec2vec" and "error" not in r]
     if v2v:
@@ -233,10 +236,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch / BLAS threads of each fit")
     ap.add_argument("--out", default=None, help="markdown file to add the table to")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--render", nargs="+", metavar="JSON",
+                    help="only print the tables from the --json-out files of earlier runs")
     ap.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.vec2vec_steps, args.threads)))
+        return
+    if args.render:
+        rows = [r for f in args.render for r in json.loads(Path(f).read_text())]
+        order = {m: k for k, m in enumerate(METHODS)}
+        print(render(sorted(rows, key=lambda r: (order.get(r["method"], 99), r["n"])), args))
         return
     rows = []
     for method in args.methods.split(","):
