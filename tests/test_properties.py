@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, example, g
 from hypothesis import strategies as st
 
 from embedmigrate.connectors import Batch, open_collection, parse_uri
-from embedmigrate.connectors.uri import SCHEMES, CollectionURI
+from embedmigrate.connectors.uri import SCHEMES, SECRET_OPTIONS, CollectionURI
 from embedmigrate.errors import EmbedMigrateError
 
 FAST = settings(max_examples=300, deadline=None)
@@ -49,9 +49,10 @@ SECRET_CHARS = SECRET + "@:/?#%& "
 SERVER_SCHEMES = ("qdrant", "qdrants", "chroma+http", "chroma+https")
 LOCAL_SCHEMES = ("qdrant+local", "chroma")
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
-OPTION_KEYS = ("table", "password", "api_key", "column", "id", "schema", "host", "tenant", "database", "timeout",
-               "retries", "vector", "max_request_mb", "grpc_port", "https", "prefer_grpc",
-               "connect_timeout", "sslmode", "token_env", "api_key_env", "application_name")
+OPTION_KEYS = ("table", "password", "api_key", "column", "id", "schema", "host", "tenant",
+               "database", "timeout", "retries", "vector", "max_request_mb", "grpc_port", "https",
+               "prefer_grpc", "connect_timeout", "sslmode", "token_env", "api_key_env",
+               "application_name")
 
 # every kind of character a hand-typed or generated URI may hold: URL syntax,
 # percent escapes, whitespace, NUL, non-ASCII, and lone surrogates (what Python
@@ -121,12 +122,9 @@ uris = st.one_of(structured_uris(), mutated(structured_uris()), st.text(max_size
                            st.text(max_size=30)))
 
 
-# query options holding a credential: stored URIs leave them out, printed ones show ***
-SECRET_OPTIONS = ("password", "sslpassword", "api_key", "token")
-
-
 def same_place(a: CollectionURI, b: CollectionURI) -> bool:
-    """Two parsed URIs name the same collection on the same store (credentials aside)."""
+    """Two parsed URIs name the same collection on the same store (credentials aside:
+    stored URIs leave secret query options out, printed ones show ***)."""
     keys = ("scheme", "engine", "collection", "host", "port", "path", "username", "database")
 
     def public(options):
@@ -229,7 +227,8 @@ def test_open_collection_on_nothing_fails_in_one_line(nowhere, scheme, opts, col
     # no retries and short timeouts: a refused local port answers at once
     fixed = {"retries": "0", "timeout": "1", "connect_timeout": "1"}
     query = "&".join(f"{quote(k, safe='', errors='surrogatepass')}="
-                     f"{quote(v, safe='', errors='surrogatepass')}" for k, v in {**opts, **fixed}.items())
+                     f"{quote(v, safe='', errors='surrogatepass')}"
+                     for k, v in {**opts, **fixed}.items())
     if scheme in ("qdrant+local", "chroma"):
         text = f"{scheme}://{folder}/{collection}?{query}"
     elif scheme == "postgresql":
@@ -273,8 +272,10 @@ def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
-    if isinstance(v, (int,)):
+        if math.isnan(v):
+            return "nan"
+        return ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)  # JSON's escapes are valid TOML ones
@@ -394,15 +395,34 @@ def check_plan(path):
     return plan
 
 
+def plan_bytes(**sections) -> bytes:
+    """The valid plan with some sections (or keys of them) replaced, as a file's bytes."""
+    doc = valid_plan()
+    for name, value in sections.items():
+        doc[name] = {**doc[name], **value} if isinstance(value, dict) else value
+    return to_toml(doc).encode()
+
+
 @settings(max_examples=300, deadline=None)
 @given(plan_documents())
+# each loaded before the fix, then failed later with a traceback (or ran with nonsense)
+@example(plan_bytes(estimate=0))  # dict(plan.estimate) in the dry run: TypeError
+@example(plan_bytes(sample={"old": True}))  # a bool passed as a whole number
+@example(plan_bytes(sample={"seed": -1}))  # numpy's default_rng: ValueError
+@example(plan_bytes(gate={"sample": 0}))
+@example(plan_bytes(gate={"thresholds": {"min_top1": "high"}}))  # TypeError at the gate
+@example(plan_bytes(gate={"thresholds": {"min_top1": math.nan}}))  # a gate that never fails
+@example(plan_bytes(train={"options": {"seed": "1"}}))  # TypeError inside training
+@example(plan_bytes(train={"method": "ridge", "options": {"alphas": [0.1, 1.0]}}))  # accepted
+@example(plan_bytes(source={"metric": "euclid"}))
 def test_plan_file_loads_or_is_refused_in_one_line(plan_dir, data):
     check_plan(write_plan(plan_dir, data))
 
 
 def test_the_unbroken_plan_loads(plan_dir):
     plan = check_plan(write_plan(plan_dir, to_toml(valid_plan()).encode()))
-    assert plan is not None and plan.sample.pairs == 50 and plan.gate.thresholds == {"min_top1": 0.4}
+    assert plan is not None and plan.sample.pairs == 50
+    assert plan.gate.thresholds == {"min_top1": 0.4}
 
 
 def check_cli(path, loads: bool) -> None:
@@ -453,7 +473,8 @@ PG_COLUMNS = {"title": "text", "n": "bigint", "score": "double precision", "tags
 # Payload values come clean (any UTF-8 text, big strings, nesting, odd floats an engine
 # can hold) or dirty (NUL, lone surrogates, NaN/inf, ints beyond 64 bits, nesting deeper
 # than any engine takes, values of another type than the column's).
-clean_text = st.one_of(st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8),
+clean_text = st.one_of(st.text(st.characters(codec="utf-8", exclude_characters="\x00"),
+                               max_size=8),
                        st.sampled_from(["", "é\u202e", "\U0001F600", "\\", "'", "\n\t"]))
 nasty_text = st.one_of(st.text(max_size=8),
                        st.sampled_from(["a\x00b", "\x00", "\ud800", "x\udcff"]))
@@ -549,7 +570,8 @@ def vectors(draw, n: int, good: bool):
     if good:
         kind = draw(st.sampled_from(["plain", "plain", "zero", "tiny"]))
     else:
-        kind = draw(st.sampled_from(["nan", "inf", "huge", "dim", "flat", "ragged", "text", "none"]))
+        kind = draw(st.sampled_from(["nan", "inf", "huge", "dim", "flat", "ragged", "text",
+                                     "none"]))
     if kind == "dim":
         values = [v + [0.5] for v in values]
     elif kind == "flat":
@@ -647,8 +669,8 @@ def postgres_target(postgres_socket_harness):
 
 def same_json(a, b, rel: float = 0.0) -> bool:
     """Equality of payload values where nan equals nan, a bool is no int, an int equals
-    the float it reads back as, and floats may differ by ``rel`` (iterative: payloads may be nested deeper than Python's
-    recursion limit)."""
+    the float it reads back as, and floats may differ by ``rel`` (iterative: payloads
+    may be nested deeper than Python's recursion limit)."""
     stack = [(a, b)]
     while stack:
         x, y = stack.pop()
