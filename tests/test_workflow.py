@@ -319,3 +319,17 @@ def test_plan_with_precomputed_new_vectors(chroma_embedded_harness, corpus, tmp_
                            output=tmp_path / "plan.toml", checkpoint=str(tmp_path / "ckpt"))
     assert result["estimate"]["encoder_texts_per_s_cpu"] == "precomputed"
     assert commands.train(result["plan"], progress=False)["metrics"]["holdout_top1"] > 0.9
+
+
+def test_written_check_counts_zero_vectors_written_as_zero():
+    from embedmigrate.report import QualityReport
+    rng = np.random.default_rng(0)
+    expected = rng.normal(size=(100, 8)).astype(np.float32)
+    expected[:5] = 0.0  # zero vectors in the source translate to zero vectors
+    checks = {}
+    for name, written in {"exact": expected.copy(), "mangled": expected[::-1].copy()}.items():
+        report = QualityReport(verdict="PASS", checks=[], metrics={})
+        commands._add_written_check(report, expected, written)
+        checks[name] = report.checks[-1]
+    assert checks["exact"]["status"] == "PASS" and checks["exact"]["value"] == 1.0
+    assert checks["mangled"]["status"] == "FAIL"
