@@ -1,7 +1,9 @@
 """Translators: paired methods, unsupervised linear alignment, auto.
 
 Synthetic clouds with a known map test that each method recovers what it
-claims to; a real-model test checks a fit on real sentence embeddings.
+claims to; a real-model test checks a fit on real sentence embeddings; the
+unsupervised translator's label-free confidence is checked on real
+embeddings (reduced WordNet protocol) against real successes and failures.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from embedmigrate.errors import DataError, EmbedMigrateError, NotFoundError
 from embedmigrate.metrics import rank_metrics, recall_retained
 from embedmigrate.translators import Translator, make_translator
 from embedmigrate.translators.base import _normalise
+from embedmigrate.translators.linear import (UnsupervisedLinear, alignment_confidence,
+                                             icp_refine, random_rotation, refine)
+from embedmigrate.translators.paired import centre_normalise, orthogonal_map, side_stats
 
 
 # --- synthetic data ------------------------------------------------------------------------
@@ -295,3 +300,121 @@ def test_real_models_fit_beats_identity_on_held_out_retrieval():
     translated = recall_retained(new[held], t.translate(old[held]), new[held])
     unchanged = recall_retained(new[held], old[held], new[held])
     assert translated > unchanged + 0.02, (translated, unchanged)
+
+
+# --- label-free confidence on real embeddings (reduced WordNet protocol) ------------------------
+
+OLD_END = 20904   # WordNet protocol: [0, 20904) old sample, [20904, 41808) new, [41808, 50000) held out
+HELD = 41808
+SMALL = 3000      # rows per unpaired sample: small enough to keep these tests fast
+THRESHOLDS = UnsupervisedLinear.Config()
+
+
+def _wordnet_rows(model: str, rows) -> np.ndarray:
+    return np.load(WORDNET.parent / f"docs.{model}.f16.npy", mmap_mode="r")[rows].astype(np.float32)
+
+
+class WordNetSmall:
+    """all-MiniLM-L6-v2 -> all-mpnet-base-v2 on SMALL rows of each unpaired
+    sample, in the centred, normalised space the translator works in, split
+    like ``UnsupervisedLinear._fit`` does; 1,000 pairs and 2,000 held-out
+    rows (both encodings) say what the truth is."""
+
+    def __init__(self):
+        self.old = _wordnet_rows("minilm", slice(0, SMALL))
+        self.new = _wordnet_rows("mpnet", slice(OLD_END, OLD_END + SMALL))
+        self.held_old = _wordnet_rows("minilm", slice(HELD, HELD + 2000))
+        self.held_new = _wordnet_rows("mpnet", slice(HELD, HELD + 2000))
+        self.mu_old, self.mu_new = side_stats(self.old)[0], side_stats(self.new)[0]
+        xo, xn = self.prep_old(self.old), self.prep_new(self.new)
+        n_eval = SMALL // 5
+        self.xo_eval, self.xo_fit, self.xn = xo[:n_eval], xo[n_eval:], xn
+        self.xn_ref, self.xn_pool = xn[:n_eval], xn[n_eval:]
+        self.pairs = (self.prep_old(self.old[:1000]),
+                      self.prep_new(_wordnet_rows("mpnet", slice(0, 1000))))
+
+    def prep_old(self, x):
+        return centre_normalise(x, self.mu_old)
+
+    def prep_new(self, x):
+        return centre_normalise(x, self.mu_new)
+
+    def top1(self, w) -> float:
+        """Ground truth for a map in the centred space (held-out pairs)."""
+        return rank_metrics(self.prep_old(self.held_old) @ w, self.prep_new(self.held_new))["top1"]
+
+
+@pytest.fixture(scope="module")
+def wordnet_small():
+    if not (WORDNET.parent / "docs.mpnet.f16.npy").is_file():
+        pytest.skip(f"WordNet embeddings not found in {WORDNET.parent}")
+    d = WordNetSmall()
+    # the confidence's null, as the translator builds it: a random rotation
+    # refined by the same optimiser (a shorter run than a real fit, to stay fast)
+    rng = np.random.default_rng(0)
+    w = icp_refine(d.xo_fit, d.xn, random_rotation(384, 768, rng), 10, 500, 50, rng)
+    d.null, _ = refine(d.xo_fit, d.xn, w, 2, seed=0, max_points=SMALL)
+    return d
+
+
+def _confidence(d: WordNetSmall, w) -> dict:
+    return alignment_confidence(d.xo_eval, d.xn_ref, d.xn_pool, w, {"random start": d.null})
+
+
+def test_confidence_accepts_a_real_alignment(wordnet_small):
+    """Procrustes on 1,000 real pairs is a genuine alignment of the two models
+    (top-1 >= 0.9 on held-out pairs); the label-free check, which sees no
+    pairs, must say aligned, with margin over both thresholds."""
+    d = wordnet_small
+    w = orthogonal_map(*d.pairs)
+    assert d.top1(w) >= 0.9
+    conf = _confidence(d, w)
+    assert conf["aligned"] is True, conf
+    assert conf["csls_gain"] >= 1.5 * THRESHOLDS.min_csls_gain, conf
+    assert conf["knn_sim_gain"] >= 1.5 * THRESHOLDS.min_knn_gain, conf
+
+
+@pytest.mark.parametrize("kind", ["random rotation", "Procrustes on shuffled pairs"])
+def test_confidence_rejects_failed_alignments(wordnet_small, kind):
+    d = wordnet_small
+    if kind == "random rotation":
+        w = random_rotation(384, 768, np.random.default_rng(3))
+    else:  # a map fitted on data whose correspondence is destroyed
+        po, pn = d.pairs
+        w = orthogonal_map(po, pn[np.random.default_rng(4).permutation(len(pn))])
+    assert d.top1(w) <= 0.05
+    conf = _confidence(d, w)
+    assert conf["aligned"] is False, conf
+    assert conf["csls_gain"] < 0.5 * THRESHOLDS.min_csls_gain, conf
+
+
+def _principal_halves(d: WordNetSmall):
+    """Old and new samples from opposite halves of the collection (split on
+    the old model's first principal direction): two different domains."""
+    old = _wordnet_rows("minilm", slice(0, OLD_END + 4 * SMALL))
+    centred = old - old.mean(axis=0)
+    side = centred @ np.linalg.svd(centred[::10], full_matrices=False)[2][0] > 0
+    low = np.flatnonzero(~side[:OLD_END])[:SMALL]
+    high = OLD_END + np.flatnonzero(side[OLD_END:])[:SMALL]
+    return old[low], np.load(WORDNET.parent / "docs.mpnet.f16.npy", mmap_mode="r")[high].astype(np.float32)
+
+
+SMALL_FIT = dict(restarts=2, anchor_runs=3, qap_restarts=4, anchor_subsample=2000,
+                 pseudo_points=2000, icp_batch=500, refine_points=SMALL, min_points=200)
+
+
+@pytest.mark.parametrize("kind", ["too few iterations", "mismatched domains"])
+def test_unsupervised_fit_flags_its_own_failure_on_real_data(wordnet_small, kind):
+    """End to end: the translator's own flag on fits that fail on real data."""
+    d = wordnet_small
+    if kind == "too few iterations":
+        old, new = d.old, d.new
+        opts = dict(screen_iterations=3, icp_iterations=3, refine_iterations=0)
+    else:
+        old, new = _principal_halves(d)
+        opts = dict(screen_iterations=3, icp_iterations=6, refine_iterations=1)
+    t = make_translator("linear", **SMALL_FIT, **opts).fit(old, new)
+    assert rank_metrics(t.translate(d.held_old), d.held_new)["top1"] <= 0.05
+    conf = t.meta["confidence"]
+    assert conf["aligned"] is False, conf
+    assert "random start" in conf["rivals"], conf
