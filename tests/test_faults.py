@@ -193,8 +193,8 @@ def test_postgres_calls_survive_a_dropped_connection(pg, fresh_name, monkeypatch
         writer.start()
         first_pid = _waiting_pid(admin, f"{src}_t")  # blocked after COPY, mid-transaction
         admin.execute("SELECT pg_terminate_backend(%s)", (first_pid,))
-        retry_pid = _waiting_pid(admin, f"{src}_t")  # the retry: a new connection, same write
-        assert retry_pid != first_pid
+        # the retry: a new connection, same write (raises if no other session comes to wait)
+        _waiting_pid(admin, f"{src}_t", other_than=first_pid)
     writer.join(timeout=60)  # the lock is gone with the locker's transaction
     assert not writer.is_alive()
     got = collection_digest(target)
@@ -204,11 +204,13 @@ def test_postgres_calls_survive_a_dropped_connection(pg, fresh_name, monkeypatch
     target.close()
 
 
-def _waiting_pid(admin, table: str, timeout: float = 30) -> int:
+def _waiting_pid(admin, table: str, timeout: float = 30, other_than: int | None = None) -> int:
+    """The backend waiting for a lock on ``table`` (a terminated one lingers a moment:
+    ``other_than`` skips it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = admin.execute("SELECT pid FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-                            (table,)).fetchone()
+        row = admin.execute("SELECT pid FROM pg_locks WHERE NOT granted AND relation = %s::regclass "
+                            "AND pid IS DISTINCT FROM %s", (table, other_than)).fetchone()
         if row:
             return row[0]
         time.sleep(0.02)
