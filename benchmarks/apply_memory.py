@@ -361,10 +361,9 @@ def render(rows: list[dict], args) -> str:
     cmd = (f"python benchmarks/apply_memory.py --engines {args.engines} --sizes {args.sizes} "
            f"--dim {args.dim} --batch-size {args.batch_size} --workers {args.workers}"
            + (" --light-chroma-index" if args.light_chroma_index else ""))
-    sizes = [int(s) for s in args.sizes.split(",")]
     out = [f"## Peak memory of apply vs collection size ({args.dim}-d, batch {args.batch_size}, "
            f"{args.workers} worker{'s' * (args.workers > 1)})", "",
-           f"Command: `{cmd}`  ",
+           *([f"Command: `{cmd}`  "] if not args.render else []),
            f"Machine: {os.cpu_count()} cores, {platform.platform()}, Python "
            f"{platform.python_version()}; run {time.strftime('%Y-%m-%d')}.", "",
            "`embedmigrate apply PLAN --no-cutover --json` in a subprocess (rewrite + verify); "
@@ -380,11 +379,12 @@ def render(rows: list[dict], args) -> str:
         out.append(f"| {r['engine']} | {r['n']:,} | {r['peak_rss_mb']:,.0f} | {at} | "
                    f"{r['seconds']:,.0f} ({rw}) | {r['n'] / r['seconds']:,.0f} | {srv} | "
                    f"{r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f} |")
-    out += ["", f"| engine | RSS({sizes[-1]:,}) / RSS({sizes[0]:,}) |", "|---|---|"]
+    out += ["", "| engine | sizes | peak RSS ratio, largest / smallest |", "|---|---|---|"]
     for name in dict.fromkeys(r["engine"] for r in rows):
         by_n = {r["n"]: r["peak_rss_mb"] for r in rows if r["engine"] == name}
-        if sizes[0] in by_n and sizes[-1] in by_n:
-            out.append(f"| {name} | {by_n[sizes[-1]] / by_n[sizes[0]]:.2f} |")
+        small, large = min(by_n), max(by_n)
+        if small != large:
+            out.append(f"| {name} | {large:,} / {small:,} | {by_n[large] / by_n[small]:.2f} |")
     return "\n".join(out) + "\n"
 
 
@@ -399,7 +399,12 @@ def main():
                     help="Chroma sources (and so targets) with a cheaper HNSW: faster store, same client")
     ap.add_argument("--out", default=None, help="markdown file to add the table to")
     ap.add_argument("--json-out", default=None, help="write every measurement (with timelines) here")
+    ap.add_argument("--render", nargs="+", metavar="JSON",
+                    help="only print the table from the --json-out files of earlier runs")
     args = ap.parse_args()
+    if args.render:
+        print(render([r for f in args.render for r in json.loads(Path(f).read_text())], args))
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     def log(msg):
