@@ -112,6 +112,37 @@ def test_uuid_primary_key_scan_resume_and_copy(pg, fresh_name):
     assert back.payloads == [payloads[5], payloads[3]]
 
 
+def test_index_build_raises_maintenance_work_mem_unless_told_to_keep_the_servers(
+        pg, fresh_name, caplog):
+    """pgvector says when its HNSW graph outgrows maintenance_work_mem: with the session
+    at 1MB (set through libpq's options), the default build raises it and the graph fits;
+    ?maintenance_work_mem=server keeps 1MB and the graph spills."""
+    src_name = fresh_name("mwm")
+    pg.populate(src_name, *make_points(5000, 64, seed=14))
+    small_session = "&options=" + quote("-c maintenance_work_mem=1MB", safe="")
+    spilled = {}
+    for setting in ("", "&maintenance_work_mem=server", "&maintenance_work_mem=256MB"):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="embedmigrate.connectors.postgres"):
+            src = open_collection(pg.uri(src_name))
+            dst = open_collection(pg.uri(fresh_name("mwm_copy")) + small_session + setting)
+            dst.create_like(src.describe(), dim=64)
+            for batch, _ in src.scan(1000):
+                dst.write(batch)
+            dst.finish_write()
+        spilled[setting] = any("no longer fits into maintenance_work_mem" in r.getMessage()
+                               for r in caplog.records)
+        assert any("hnsw" in i for i in dst.describe().settings["indexes"])
+        # SET LOCAL: the build's own session is back at 1MB afterwards
+        assert dst.conn.execute("SHOW maintenance_work_mem").fetchone()[0] == "1MB"
+    assert spilled == {"": False, "&maintenance_work_mem=server": True,
+                       "&maintenance_work_mem=256MB": False}
+    for bad in ("lots", "12", "0MB", "5PB"):
+        with pytest.raises(UsageError, match="maintenance_work_mem") as e:
+            open_collection(pg.uri(src_name) + f"&maintenance_work_mem={bad}")
+        assert "=server" in e.value.fix
+
+
 def test_text_primary_key(pg, fresh_name):
     ids, vectors, payloads = make_points(300, 8, seed=12, int_ids=False)
     src_name = fresh_name("textkey")

@@ -30,7 +30,9 @@ How each operation maps onto PostgreSQL:
   vector column to the new dimension, and remembers the vector indexes (method,
   opclass, HNSW / IVFFlat parameters) in a table comment; ``finish_write`` builds
   them after the bulk load, which is several times faster than inserting into a
-  live HNSW graph, and then copies the foreign keys;
+  live HNSW graph, and then copies the foreign keys. The build runs with
+  ``maintenance_work_mem`` raised to ``?maintenance_work_mem=`` (default 1GB; never
+  lowered; ``=server`` keeps the server's value) for that transaction only;
 - ``write`` is binary COPY into a temporary staging table, then
   ``INSERT ... ON CONFLICT (id) DO UPDATE``: one transaction per batch, idempotent;
 - ``cutover`` renames the live table to ``<live>__pre_<timestamp>`` and this table
@@ -70,12 +72,19 @@ from psycopg.pq import Format
 
 # everything else in the query string goes to libpq
 OWN_OPTIONS = ("column", "id", "schema", "retries", "retry_delay", "password_file",
-               "password_env")
+               "password_env", "maintenance_work_mem")
 # libpq's words for a TLS failure that retrying cannot fix (bad CA, host name mismatch,
 # missing certificate file, a server without TLS under sslmode=require)
 TLS_FAILURES = ("SSL error", "certificate", "does not support SSL")
 CONNECT_TIMEOUT_S = 5  # per attempt; a user value is capped at MAX_CONNECT_TIMEOUT_S
 MAX_CONNECT_TIMEOUT_S = 30
+# finish_write raises the session's maintenance_work_mem to this for the vector index
+# builds (never lowers it): with the server's usual 64MB, pgvector's HNSW graph stops
+# fitting in memory after about 28,000 384-d rows and the build gets 3-4x slower
+# (docs/benchmarks.md). ?maintenance_work_mem=server keeps the server's value.
+INDEX_BUILD_MEMORY = "1GB"
+SIZE_UNITS_KB = {"kb": 1, "mb": 1024, "gb": 1024 ** 2, "tb": 1024 ** 3}
+MAX_MAINTENANCE_KB = 2147483647  # PostgreSQL's upper bound for the setting
 LOCK_TIMEOUT = "10s"  # cutover waits this long for readers' locks, then gives up
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
 VECTOR_TYPES = ("vector", "halfvec")
@@ -92,6 +101,7 @@ PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", 
 # psycopg logs a warning when it abandons a COPY on a dead connection; the loss is
 # retried or reported by us in one line, so keep that log off the terminal
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
+log = logging.getLogger(__name__)
 
 
 class _ConnectionLost(UnavailableError):
@@ -180,6 +190,7 @@ class PostgresConnector(Connector):
         self.id_column = uri.options.get("id") or "id"
         self.schema = uri.options.get("schema") or "public"
         self.retries, self.retry_delay = retry_settings(uri.options)
+        self.index_build_memory = _index_build_memory(uri.options)
         self._conn = None
         self._layout_cache: Layout | None = None
 
@@ -233,6 +244,8 @@ class PostgresConnector(Connector):
         else:
             raise self._unreachable(len(delays) + 1, reason)
         _register_types(conn)
+        # pgvector reports a graph that outgrew maintenance_work_mem as a NOTICE
+        conn.add_notice_handler(_log_notice)
         return conn
 
     def _delays(self) -> list[float]:
@@ -698,6 +711,8 @@ class PostgresConnector(Connector):
             target = self._ident()
             with self.conn.transaction():
                 if pending is not None:
+                    if pending.get("indexes"):
+                        self._raise_index_build_memory()
                     for index in pending.get("indexes", []):
                         self.conn.execute(_index_sql(lay, index, target))
                     for definition in pending.get("foreign_keys", []):
@@ -715,6 +730,16 @@ class PostgresConnector(Connector):
                             (target.as_string(self.conn), col.name))
             self.conn.execute(sql.SQL("ANALYZE {}").format(target))
             self._layout_cache = None
+
+    def _raise_index_build_memory(self) -> None:
+        """SET LOCAL maintenance_work_mem to the URI's value when it is above the server's."""
+        if self.index_build_memory is None:
+            return
+        have = self.conn.execute(
+            "SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]
+        if self.index_build_memory * 1024 > have:
+            self.conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
+                sql.Literal(f"{self.index_build_memory}kB")))
 
     def drop(self) -> None:
         with self._errors():
@@ -822,6 +847,24 @@ class PostgresConnector(Connector):
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+def _index_build_memory(options: dict) -> int | None:
+    """?maintenance_work_mem= as kB (None: keep the server's setting)."""
+    text = options.get("maintenance_work_mem", INDEX_BUILD_MEMORY).strip()
+    if text.lower() == "server":
+        return None
+    match = re.fullmatch(r"(\d+)\s*(kB|MB|GB|TB)", text, flags=re.IGNORECASE)
+    kb = int(match.group(1)) * SIZE_UNITS_KB[match.group(2).lower()] if match else 0
+    if not 1024 <= kb <= MAX_MAINTENANCE_KB:
+        raise UsageError(f"maintenance_work_mem={text!r} is not a size from 1MB to 2TB",
+                         "pass e.g. ?maintenance_work_mem=2GB, or =server to keep the "
+                         "server's setting")
+    return kb
+
+
+def _log_notice(diag) -> None:
+    log.info("PostgreSQL: %s", diag.message_primary)
+
 
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
