@@ -85,10 +85,10 @@ def worker(mode, source_uri, target_uri, batch_size, workdir, workers=1):
         from embedmigrate.plan import Plan
         from embedmigrate.state import JobState, RunLock
         from embedmigrate.translators import make_translator
+        fit_start = time.perf_counter()  # sampling and fitting are train's work, not apply's
         sample = src.sample(5000, seed=0)
         rng = np.random.default_rng(1)
         rot = np.linalg.qr(rng.normal(size=(info.dim, info.dim)))[0].astype(np.float32)
-        fit_start = time.perf_counter()
         t = make_translator("procrustes").fit(sample.vectors, sample.vectors @ rot,
                                               pairs=(sample.vectors, sample.vectors @ rot))
         p = Plan()
@@ -98,7 +98,7 @@ def worker(mode, source_uri, target_uri, batch_size, workdir, workers=1):
         plan_path = p.write(Path(workdir) / f"plan-{os.getpid()}.toml")
         t.save(p.checkpoint_dir)
         JobState(p.state_dir).update(stage="trained")
-        start += time.perf_counter() - fit_start  # the fit is not part of the rewrite
+        start += time.perf_counter() - fit_start
         with RunLock(p.state_dir) as lock:
             n = commands.rewrite(p, lock, progress=False)["written"]
         shutil.rmtree(p.state_dir, ignore_errors=True)

@@ -406,7 +406,7 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
     _create_target(state, dst, info, translator.new_dim, plan.apply.if_exists, started)
     n_workers = workers or plan.apply.workers
     if not started or not state.get("parts"):
-        parts = _initial_parts(state, src, plan.apply.parts or _auto_parts(info.count, n_workers))
+        parts = _initial_parts(state, src, plan.apply.parts or _auto_parts(src, info.count, n_workers))
         state.update(stage="applying", apply_started=True, creating_target=False, parts=parts,
                      source_count_at_start=info.count, **_totals(parts, state))
     parts = state.get("parts")
@@ -452,8 +452,11 @@ def _create_target(state: JobState, dst, info, dim: int, if_exists: str, started
         raise
 
 
-def _auto_parts(count: int, workers: int) -> int:
-    """Enough parts for any later number of workers to share, none tiny."""
+def _auto_parts(src, count: int, workers: int) -> int:
+    """Enough parts for any later number of workers to share, none tiny; one per
+    worker where the engine pays for each part (``Connector.cheap_parts``)."""
+    if not src.cheap_parts:
+        return max(1, min(workers, count // 5000))
     return max(1, min(64, max(4 * workers, 16), count // 5000))
 
 

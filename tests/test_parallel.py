@@ -115,6 +115,17 @@ def test_local_workers_copy_every_part_once(engine_name, request, tmp_path, fres
     check_target(plan_path, source, translator)
 
 
+def test_automatic_parts_one_per_worker_on_qdrant_local_mode(qdrant_local_harness,
+                                                             postgres_tcp_harness):
+    """Local mode sorts every id per scroll call, so each extra part costs a full sort:
+    apply makes one part per worker there, and 16 to 64 on engines where parts are cheap."""
+    local = open_collection(qdrant_local_harness.uri("any"))
+    server = open_collection(postgres_tcp_harness.uri("any"))
+    assert [commands._auto_parts(local, 1_000_000, w) for w in (1, 3)] == [1, 3]
+    assert [commands._auto_parts(server, 1_000_000, w) for w in (1, 3, 32)] == [16, 16, 64]
+    assert commands._auto_parts(server, 12_000, 3) == commands._auto_parts(local, 12_000, 3) == 2
+
+
 def test_killed_parallel_run_resumes_with_another_worker_count(postgres_tcp_harness, tmp_path,
                                                                fresh_name):
     n = 6_000

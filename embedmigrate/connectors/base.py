@@ -83,6 +83,9 @@ class Connector(ABC):
     """
 
     engine: str = ""
+    # Whether splitting the scan into many parts costs little. Apply makes more parts
+    # than workers (so a resume may use any number of workers) only where it does.
+    cheap_parts: bool = True
 
     def __init__(self, uri: CollectionURI):
         self.uri = uri

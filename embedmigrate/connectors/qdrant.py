@@ -295,6 +295,10 @@ class QdrantConnector(Connector):
         super().__init__(uri)
         opts = uri.options
         self.embedded = uri.scheme in ("qdrant+local", "qdrant+memory")
+        # local mode sorts every id on each scroll call, so each part's extra partial
+        # page costs a full sort; its calls also queue on one lock, so parts beyond
+        # one per worker only add calls (docs/benchmarks.md)
+        self.cheap_parts = not self.embedded
         self.wanted_vector = opts.get("vector") or None
         self.timeout = _positive(opts, "timeout", 10)
         self.retries, self.retry_delay = retry_settings(opts)
