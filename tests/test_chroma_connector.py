@@ -170,8 +170,9 @@ def test_cutover_without_a_live_collection(chroma_embedded_harness, fresh_name):
     assert live not in now and now[nxt] == 4
 
 
-def test_scan_survives_deletes_before_the_cursor(chroma, fresh_name):
-    ids, vectors, payloads = make_points(1000, 8, seed=13)
+@pytest.mark.parametrize("dim", [8, 768])  # 768-d: each batch of 100 takes 2 requests to a server
+def test_scan_survives_deletes_before_the_cursor(chroma, fresh_name, dim):
+    ids, vectors, payloads = make_points(1000, dim, seed=13)
     name = fresh_name("del")
     col = chroma.populate(name, ids, vectors, payloads)
     conn = open_collection(chroma.uri(name))
@@ -188,6 +189,36 @@ def test_scan_survives_deletes_before_the_cursor(chroma, fresh_name):
     with pytest.raises(ConflictError) as e:
         next(conn.scan(100, after=cursor))
     assert e.value.fix and "restart" in e.value.fix
+
+
+def test_server_scan_reads_wide_vectors_in_small_requests(chroma_server_harness, fresh_name):
+    """A server's JSON reply is decoded all at once, so a scan asks for at most 32,768
+    numbers per request (42 rows of 768-d, at least 64) and joins them into full batches."""
+    ids, vectors, payloads = make_points(1000, 768, seed=21)
+    name = fresh_name("wide")
+    chroma_server_harness.populate(name, ids, vectors, payloads)
+    conn = open_collection(chroma_server_harness.uri(name))
+    sizes = []
+    calls = []
+    real_call = conn._call
+    conn._call = lambda what, fn, *a, **kw: (calls.append(kw.get("limit")), real_call(what, fn, *a, **kw))[1]
+    got, cursors = [], []
+    for batch, cursor in conn.scan(300):
+        sizes.append(len(batch))
+        got.append(batch)
+        cursors.append(cursor)
+    assert sizes == [300, 300, 300, 100]
+    assert max(limit for limit in calls if limit) <= 65 and len(calls) >= 16
+    ids_seen = [i for b in got for i in b.ids]
+    assert sorted(ids_seen, key=int) == [str(i) for i in ids]
+    where = {str(i): k for k, i in enumerate(ids)}
+    order = [where[i] for i in ids_seen]
+    np.testing.assert_allclose(np.concatenate([b.vectors for b in got]), vectors[order], rtol=1e-6)
+    got_payloads = [p for b in got for p in b.payloads]
+    assert [{**p, "score": round(p["score"], 9)} for p in got_payloads] == \
+        [{**payloads[i], "score": round(payloads[i]["score"], 9)} for i in order]
+    rest = [i for b, _ in conn.scan(300, after=cursors[1]) for i in b.ids]  # resume mid-scan
+    assert rest == ids_seen[600:]
 
 
 def test_payloads_chroma_cannot_store_are_refused_before_writing(chroma_embedded_harness, fresh_name):

@@ -76,6 +76,8 @@ MAX_NAME = 512
 FIELD_SAMPLE = 1000  # records read by describe() to list metadata fields
 ID_PAGE = 10_000  # ids per request in the ids-only pass of sample()
 ALL_FIELDS = ["embeddings", "metadatas", "documents", "uris"]
+FLOATS_PER_REQUEST = 32_768  # vector numbers per scan request to a server (see scan)
+MIN_ROWS_PER_REQUEST = 64
 
 _clients: dict = {}  # one client per store per process (PersistentClient must be shared)
 _clients_lock = threading.Lock()
@@ -320,8 +322,12 @@ class ChromaConnector(Connector):
         col = self._collection()
         start, stop = _part_bounds(part)
         offset, last_id = _parse_cursor(after) if after is not None else (start, None)
+        per_request = min(batch_size, self._rows_per_request(col))
+        pending: list[Batch] = []
         while stop is None or offset < stop:
-            limit = batch_size if stop is None else min(batch_size, stop - offset)
+            limit = min(per_request, batch_size - sum(map(len, pending)))
+            if stop is not None:
+                limit = min(limit, stop - offset)
             if last_id is None:
                 page = self._call("scan", col.get, limit=limit, offset=offset, include=ALL_FIELDS)
             else:
@@ -334,11 +340,23 @@ class ChromaConnector(Connector):
                 page = {k: (page[k][1:] if page.get(k) is not None else None) for k in
                         ("ids", "embeddings", "metadatas", "documents", "uris")}
             if not page["ids"]:
-                return
-            batch = _to_batch(page)
-            offset += len(batch)
-            last_id = batch.ids[-1]
-            yield batch, {"offset": offset, "last_id": last_id}
+                break
+            pending.append(_to_batch(page))
+            offset += len(pending[-1])
+            last_id = pending[-1].ids[-1]
+            if sum(map(len, pending)) >= batch_size:
+                yield _concat(pending), {"offset": offset, "last_id": last_id}
+                pending = []
+        if pending:
+            yield _concat(pending), {"offset": offset, "last_id": last_id}
+
+    def _rows_per_request(self, col) -> int:
+        """Rows per get request of a scan. A server's reply is JSON that the client turns
+        into Python floats all at once, about 180 bytes per number (24 MB for 1,024 x
+        128-d): capping the numbers per request keeps that, and so apply's peak memory,
+        small at any dimension. The embedded client hands back arrays: no cap."""
+        dim = self._dimension(col) if self.is_server else None
+        return max(MIN_ROWS_PER_REQUEST, FLOATS_PER_REQUEST // dim) if dim else 1 << 30
 
     def partitions(self, n: int) -> list[Part]:
         """Position ranges of near-equal size; the last is open-ended, so records
