@@ -201,7 +201,8 @@ def test_server_scan_reads_wide_vectors_in_small_requests(chroma_server_harness,
     sizes = []
     calls = []
     real_call = conn._call
-    conn._call = lambda what, fn, *a, **kw: (calls.append(kw.get("limit")), real_call(what, fn, *a, **kw))[1]
+    conn._call = lambda what, fn, *a, **kw: (
+        calls.append(kw.get("limit") or len(kw.get("ids") or [])), real_call(what, fn, *a, **kw))[1]
     got, cursors = [], []
     for batch, cursor in conn.scan(300):
         sizes.append(len(batch))
@@ -219,6 +220,11 @@ def test_server_scan_reads_wide_vectors_in_small_requests(chroma_server_harness,
         [{**payloads[i], "score": round(payloads[i]["score"], 9)} for i in order]
     rest = [i for b, _ in conn.scan(300, after=cursors[1]) for i in b.ids]  # resume mid-scan
     assert rest == ids_seen[600:]
+    calls.clear()
+    wanted = [str(i) for i in ids[::-3]]  # fetch keeps the order asked for, in small requests
+    fetched = conn.fetch(wanted)
+    assert fetched.ids == wanted and [c for c in calls if c] == [64] * 5 + [len(wanted) - 320]
+    np.testing.assert_allclose(fetched.vectors, vectors[::-3], rtol=1e-6)
 
 
 def test_payloads_chroma_cannot_store_are_refused_before_writing(chroma_embedded_harness, fresh_name):

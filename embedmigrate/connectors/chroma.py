@@ -351,7 +351,7 @@ class ChromaConnector(Connector):
             yield _concat(pending), {"offset": offset, "last_id": last_id}
 
     def _rows_per_request(self, col) -> int:
-        """Rows per get request of a scan. A server's reply is JSON that the client turns
+        """Rows per get request of a scan or fetch. A server's reply is JSON that the client turns
         into Python floats all at once, about 180 bytes per number (24 MB for 1,024 x
         128-d): capping the numbers per request keeps that, and so apply's peak memory,
         small at any dimension. The embedded client hands back arrays: no cap."""
@@ -404,7 +404,7 @@ class ChromaConnector(Connector):
     def _fetch(self, col, ids: list[str]) -> Batch:
         """Full records for ids, in the order given (get(ids=) answers in storage order)."""
         parts = []
-        step = self.max_batch()
+        step = min(self.max_batch(), self._rows_per_request(col))
         for start in range(0, len(ids), step):
             got = self._call("sample", col.get, ids=ids[start:start + step], include=ALL_FIELDS)
             parts.append(_to_batch(got))
