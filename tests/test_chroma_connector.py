@@ -192,8 +192,8 @@ def test_scan_survives_deletes_before_the_cursor(chroma, fresh_name, dim):
 
 
 def test_server_scan_reads_wide_vectors_in_small_requests(chroma_server_harness, fresh_name):
-    """A server's JSON reply is decoded all at once, so a scan asks for at most 32,768
-    numbers per request (42 rows of 768-d, at least 64) and joins them into full batches."""
+    """A server's JSON reply is decoded all at once, so a scan asks for at most 65,536
+    numbers per request (85 rows of 768-d) and joins them into full batches."""
     ids, vectors, payloads = make_points(1000, 768, seed=21)
     name = fresh_name("wide")
     chroma_server_harness.populate(name, ids, vectors, payloads)
@@ -209,7 +209,7 @@ def test_server_scan_reads_wide_vectors_in_small_requests(chroma_server_harness,
         got.append(batch)
         cursors.append(cursor)
     assert sizes == [300, 300, 300, 100]
-    assert max(limit for limit in calls if limit) <= 65 and len(calls) >= 16
+    assert max(limit for limit in calls if limit) <= 86 and len(calls) >= 12
     ids_seen = [i for b in got for i in b.ids]
     assert sorted(ids_seen, key=int) == [str(i) for i in ids]
     where = {str(i): k for k, i in enumerate(ids)}
@@ -223,7 +223,7 @@ def test_server_scan_reads_wide_vectors_in_small_requests(chroma_server_harness,
     calls.clear()
     wanted = [str(i) for i in ids[::-3]]  # fetch keeps the order asked for, in small requests
     fetched = conn.fetch(wanted)
-    assert fetched.ids == wanted and [c for c in calls if c] == [64] * 5 + [len(wanted) - 320]
+    assert fetched.ids == wanted and [c for c in calls if c] == [85] * 3 + [len(wanted) - 255]
     np.testing.assert_allclose(fetched.vectors, vectors[::-3], rtol=1e-6)
 
 

@@ -76,7 +76,7 @@ MAX_NAME = 512
 FIELD_SAMPLE = 1000  # records read by describe() to list metadata fields
 ID_PAGE = 10_000  # ids per request in the ids-only pass of sample()
 ALL_FIELDS = ["embeddings", "metadatas", "documents", "uris"]
-FLOATS_PER_REQUEST = 32_768  # vector numbers per scan request to a server (see scan)
+FLOATS_PER_REQUEST = 65_536  # vector numbers per get request to a server (see _rows_per_request)
 MIN_ROWS_PER_REQUEST = 64
 
 _clients: dict = {}  # one client per store per process (PersistentClient must be shared)
