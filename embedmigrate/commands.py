@@ -496,8 +496,8 @@ def catch_up(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
 def _copy_missing(plan, src, dst, lock) -> int:
     translator = _load_translator(plan)
     have = set()
-    for batch, _ in dst.scan(plan.apply.batch_size):
-        have.update(map(str, batch.ids))
+    for ids in dst.scan_ids():
+        have.update(map(str, ids))
     added, added_hash = 0, 0
     for batch, _ in src.scan(plan.apply.batch_size):
         missing = [i for i, x in enumerate(batch.ids) if str(x) not in have]
@@ -524,9 +524,9 @@ def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True) ->
     src, dst = open_collection(plan.source.uri), open_collection(plan.target.uri)
     info, dst_info = src.describe(), dst.describe()
     target_hash, target_count = 0, 0
-    for batch, _ in dst.scan(plan.apply.batch_size):
-        target_hash = (target_hash + parallel.id_hash(batch.ids)) % (1 << 64)
-        target_count += len(batch)
+    for ids in dst.scan_ids():
+        target_hash = (target_hash + parallel.id_hash(ids)) % (1 << 64)
+        target_count += len(ids)
         if lock:
             lock.heartbeat()
     ids_match = target_hash == state.get("id_hash") and target_count == info.count

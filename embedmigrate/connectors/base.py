@@ -114,6 +114,12 @@ class Connector(ABC):
         the same ``part``) resumes right after that batch, in a new process too.
         """
 
+    def scan_ids(self, page_size: int = 10_000) -> Iterator[list]:
+        """Every id of the collection, a page at a time, in constant memory: what a count
+        and an id checksum need. Engines that can read ids alone override this."""
+        for batch, _ in self.scan(page_size):
+            yield list(batch.ids)
+
     def partitions(self, n: int) -> list[Part]:
         """Split the collection into at most ``n`` disjoint parts that together
         cover it, each scanned on its own with ``scan(part=...)`` (by another

@@ -358,6 +358,16 @@ class ChromaConnector(Connector):
         dim = self._dimension(col) if self.is_server else None
         return max(MIN_ROWS_PER_REQUEST, FLOATS_PER_REQUEST // dim) if dim else 1 << 30
 
+    def scan_ids(self, page_size: int = ID_PAGE) -> Iterator[list]:
+        col = self._collection()
+        offset = 0
+        while True:
+            ids = self._call("scan", col.get, limit=page_size, offset=offset, include=[])["ids"]
+            if not ids:
+                return
+            yield list(ids)
+            offset += len(ids)
+
     def partitions(self, n: int) -> list[Part]:
         """Position ranges of near-equal size; the last is open-ended, so records
         added during the migration (appended at the end) fall in it."""

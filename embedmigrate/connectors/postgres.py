@@ -543,6 +543,29 @@ class PostgresConnector(Connector):
                 return
 
     @_reconnecting
+    def scan_ids(self, page_size: int = 10_000) -> Iterator[list]:
+        for ids, _ in self._id_pages(page_size):
+            yield ids
+
+    @_resuming
+    def _id_pages(self, page_size: int, after: Cursor = None):
+        """Keyset pages of the id column alone (an index-only scan of the key)."""
+        with self._errors():
+            lay = self._layout()
+        ident = sql.Identifier(lay.id.name)
+        last = _id_in(after, lay.id.typname) if after is not None else None
+        while True:
+            query = sql.SQL("SELECT {i} FROM {t} {w} ORDER BY {i} LIMIT %s").format(
+                i=ident, t=self._ident(),
+                w=sql.SQL("WHERE {} > %s").format(ident) if last is not None else sql.SQL(""))
+            with self._errors():
+                rows = self.conn.execute(query, (*([last] if last is not None else []),
+                                                 page_size)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [_id_out(r[0]) for r in rows], _id_out(last)
+
     def partitions(self, n: int) -> list[Part]:
         """Id ranges of near-equal size, cut at the ids found at evenly spaced
         positions of the primary key (an index-only walk per cut)."""

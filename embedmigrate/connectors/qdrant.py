@@ -512,6 +512,17 @@ class QdrantConnector(Connector):
                 return
             offset = next_id
 
+    def scan_ids(self, page_size: int = ID_PAGE) -> Iterator[list]:
+        real = self._resolve()
+        offset = None
+        while True:
+            records, offset = self._call("scroll", real, limit=page_size, offset=offset,
+                                         with_payload=False, with_vectors=False)
+            if records:
+                yield [r.id for r in records]
+            if offset is None:
+                return
+
     def partitions(self, n: int) -> list[Part]:
         """Id ranges cut at quantiles of a uniform sample of ids (one id-only scroll;
         the sample is 200 ids per part, so parts are near-equal, not exactly equal)."""
