@@ -87,6 +87,8 @@ def instrument(timers: Timers) -> None:
         conn = open_collection(uri)
         scan = conn.scan
         conn.scan = lambda *a, **k: timers.wrap_iter("scan", scan(*a, **k))
+        scan_ids = conn.scan_ids  # verify's id pass
+        conn.scan_ids = lambda *a, **k: timers.wrap_iter("scan", scan_ids(*a, **k))
         conn.write = timers.wrap("write", conn.write)
         conn.finish_write = timers.wrap("finish_write", conn.finish_write)
         return conn
