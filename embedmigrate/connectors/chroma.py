@@ -461,7 +461,11 @@ class ChromaConnector(Connector):
 
     def write(self, batch: Batch) -> None:
         col = self._collection()
-        dim = self._dim or self._dimension(col)
+        # the dimension the server recorded with the first record, not a read of the
+        # collection: a get on a target whose index another worker is creating can fail
+        # on the server ("Error creating hnsw segment reader"); the server refuses a batch
+        # of another dimension itself
+        dim = self._dim or col.get_model().dimension
         batch = check_batch(batch, dim) if dim else check_batch(batch, as_float32(batch.vectors).shape[1])
         if not len(batch):
             return  # Chroma refuses an empty upsert
