@@ -159,11 +159,15 @@ def test_ray_apply_survives_killed_workers(ray_installed, postgres_tcp_harness, 
     killed = 0
     for at_least in (1_000, 2_500):  # kill a Ray worker twice, mid-part
         wait_written(state_file, at_least, proc)
-        pids = subprocess.run(["pgrep", "-f", "^ray::embedmigrate-part"], capture_output=True,
-                              text=True).stdout.split()
-        if pids:
-            os.kill(int(pids[0]), signal.SIGKILL)
-            killed += 1
+        deadline = time.monotonic() + 30  # a worker between tasks has another title: poll
+        while time.monotonic() < deadline and proc.poll() is None:
+            pids = subprocess.run(["pgrep", "-f", "^ray::embedmigrate-part"], capture_output=True,
+                                  text=True).stdout.split()
+            if pids:
+                os.kill(int(pids[0]), signal.SIGKILL)
+                killed += 1
+                break
+            time.sleep(0.02)
     stdout, stderr = proc.communicate(timeout=600)
     assert killed == 2, "no Ray worker was running a part"
     assert proc.returncode in (0, 1, 3), stderr[-3000:]
