@@ -155,8 +155,8 @@ def test_outage_beyond_the_retry_window_fails_in_one_line_and_resumes(outage, tm
 
 
 def test_postgres_calls_survive_a_dropped_connection(pg, fresh_name, monkeypatch):
-    """The connection (not the server) dies between scan pages, before describe and
-    fetch, and in the middle of a write's transaction (after its COPY): each call
+    """The connection (not the server) dies between scan and id-scan pages, before
+    partitions, describe and fetch, and in the middle of a write's transaction (after its COPY): each call
     reconnects and completes, the scan neither repeats nor skips a row."""
     monkeypatch.setenv("EMBEDMIGRATE_RETRY_DELAY", "0.05")
     h = pg.harness
@@ -175,6 +175,14 @@ def test_postgres_calls_survive_a_dropped_connection(pg, fresh_name, monkeypatch
         if k in (1, 3):
             drop(source)
     assert seen == ids
+    seen = []
+    for k, page in enumerate(source.scan_ids(100)):  # verify's id pass resumes the same way
+        seen += page
+        if k in (0, 4):
+            drop(source)
+    assert seen == ids
+    drop(source)
+    assert len(source.partitions(3)) == 3
     drop(source)
     info = source.describe()
     assert info.count == 600

@@ -542,7 +542,6 @@ class PostgresConnector(Connector):
             if len(rows) < batch_size:
                 return
 
-    @_reconnecting
     def scan_ids(self, page_size: int = 10_000) -> Iterator[list]:
         for ids, _ in self._id_pages(page_size):
             yield ids
@@ -566,6 +565,7 @@ class PostgresConnector(Connector):
             last = rows[-1][0]
             yield [_id_out(r[0]) for r in rows], _id_out(last)
 
+    @_reconnecting
     def partitions(self, n: int) -> list[Part]:
         """Id ranges of near-equal size, cut at the ids found at evenly spaced
         positions of the primary key (an index-only walk per cut)."""
