@@ -156,8 +156,9 @@ def test_outage_beyond_the_retry_window_fails_in_one_line_and_resumes(outage, tm
 
 def test_postgres_calls_survive_a_dropped_connection(pg, fresh_name, monkeypatch):
     """The connection (not the server) dies between scan and id-scan pages, before
-    partitions, describe and fetch, and in the middle of a write's transaction (after its COPY): each call
-    reconnects and completes, the scan neither repeats nor skips a row."""
+    partitions, describe and fetch, and in the middle of a write's transaction (after
+    its COPY): each call reconnects and completes, the scans neither repeat nor skip a
+    row."""
     monkeypatch.setenv("EMBEDMIGRATE_RETRY_DELAY", "0.05")
     h = pg.harness
     ids, vectors, payloads, _ = make_points(600, 16, seed=5)
