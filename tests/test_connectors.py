@@ -84,16 +84,21 @@ def test_scan_resumes_from_saved_cursor(engine, fresh_name):
     assert sorted(map(str, first + rest)) == sorted(map(str, ids))
 
 
+def populated(engine, name: str, n: int, *, seed: int, int_ids: bool):
+    """n 8-d points in collection ``name``, with int ids or UUIDs (the string ids every
+    engine accepts: Qdrant takes no others); returns the ids and a connector."""
+    ids, vectors, payloads = make_points(n, 8, seed=seed)
+    if not int_ids:
+        ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"doc-{i}")) for i in ids]
+    engine.populate(name, ids, vectors, payloads)
+    return ids, open_collection(engine.uri(name))
+
+
 @pytest.mark.parametrize("int_ids", [True, False])
 def test_scan_ids_lists_the_ids_scan_yields(engine, fresh_name, int_ids):
     """verify counts and checksums the target from scan_ids alone: the same ids, in the
     same form (the id checksum hashes str(id)), as a full scan."""
-    ids, vectors, payloads = make_points(2_345, 8, seed=4)
-    if not int_ids:  # UUIDs: the string ids every engine accepts (Qdrant takes no others)
-        ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"doc-{i}")) for i in ids]
-    name = fresh_name("ids")
-    engine.populate(name, ids, vectors, payloads)
-    conn = open_collection(engine.uri(name))
+    ids, conn = populated(engine, fresh_name("ids"), 2_345, seed=4, int_ids=int_ids)
     pages = list(conn.scan_ids(1_000))
     assert [len(p) for p in pages] == [1_000, 1_000, 345]
     scanned = [i for batch, _ in conn.scan(500) for i in batch.ids]
@@ -235,12 +240,8 @@ def test_unreachable_host_fails_fast(engine):
 
 @pytest.mark.parametrize("int_ids", [True, False])
 def test_partitions_cover_the_collection_once(engine, fresh_name, int_ids):
-    ids, vectors, payloads = make_points(3_001, 8, seed=5)
-    if not int_ids:  # UUIDs: the string ids every engine accepts (Qdrant takes no others)
-        ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"doc-{i}")) for i in ids]
     name = fresh_name("parts")
-    engine.populate(name, ids, vectors, payloads)
-    conn = open_collection(engine.uri(name))
+    ids, conn = populated(engine, name, 3_001, seed=5, int_ids=int_ids)
     parts = json.loads(json.dumps(conn.partitions(5)))  # parts travel as JSON (state, Ray)
     assert 2 <= len(parts) <= 5
     seen, sizes = [], []

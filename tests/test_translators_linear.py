@@ -390,7 +390,7 @@ def test_confidence_rejects_failed_alignments(wordnet_small, kind):
     assert conf["csls_gain"] < 0.5 * THRESHOLDS.min_csls_gain, conf
 
 
-def _principal_halves(d: WordNetSmall):
+def _principal_halves():
     """Old and new samples from opposite halves of the collection (split on
     the old model's first principal direction): two different domains."""
     old = _wordnet_rows("minilm", slice(0, OLD_END + 4 * SMALL))
@@ -398,7 +398,7 @@ def _principal_halves(d: WordNetSmall):
     side = centred @ np.linalg.svd(centred[::10], full_matrices=False)[2][0] > 0
     low = np.flatnonzero(~side[:OLD_END])[:SMALL]
     high = OLD_END + np.flatnonzero(side[OLD_END:])[:SMALL]
-    return old[low], np.load(WORDNET.parent / "docs.mpnet.f16.npy", mmap_mode="r")[high].astype(np.float32)
+    return old[low], _wordnet_rows("mpnet", high)
 
 
 SMALL_FIT = dict(restarts=2, anchor_runs=3, qap_restarts=4, anchor_subsample=2000,
@@ -413,7 +413,7 @@ def test_unsupervised_fit_flags_its_own_failure_on_real_data(wordnet_small, kind
         old, new = d.old, d.new
         opts = dict(screen_iterations=1, icp_iterations=1, refine_iterations=0)
     else:  # a short budget too: the SVDs of 384 x 768 maps dominate the cost
-        old, new = _principal_halves(d)
+        old, new = _principal_halves()
         opts = dict(screen_iterations=1, icp_iterations=2, refine_iterations=1)
     t = make_translator("linear", **SMALL_FIT, **opts).fit(old, new)
     assert rank_metrics(t.translate(d.held_old), d.held_new)["top1"] <= 0.05
