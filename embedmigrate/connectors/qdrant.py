@@ -513,7 +513,10 @@ class QdrantConnector(Connector):
             offset = next_id
 
     def scan_ids(self, page_size: int = ID_PAGE) -> Iterator[list]:
-        real = self._resolve()
+        return self._id_pages(self._resolve(), page_size)
+
+    def _id_pages(self, real: str, page_size: int) -> Iterator[list]:
+        """An id-only scroll of collection ``real``, a page of ids at a time."""
         offset = None
         while True:
             records, offset = self._call("scroll", real, limit=page_size, offset=offset,
@@ -568,11 +571,8 @@ class QdrantConnector(Connector):
         """Algorithm R over the ids, vectorised per page: O(n) memory, one cheap pass."""
         rng = np.random.default_rng(seed)
         reservoir: list = []
-        seen, offset = 0, None
-        while True:
-            records, offset = self._call("scroll", real, limit=ID_PAGE, offset=offset,
-                                         with_payload=False, with_vectors=False)
-            ids = [r.id for r in records]
+        seen = 0
+        for ids in self._id_pages(real, ID_PAGE):
             fill = min(n - len(reservoir), len(ids))
             reservoir += ids[:fill]
             rest = ids[fill:]
@@ -582,8 +582,7 @@ class QdrantConnector(Connector):
                 for k in np.flatnonzero(slots < n):  # in stream order: later ids win a slot
                     reservoir[slots[k]] = rest[k]
             seen += len(ids)
-            if offset is None:
-                return reservoir
+        return reservoir
 
     # --- writing the target ---------------------------------------------------------
     def create_like(self, source: CollectionInfo, dim: int, *, if_exists: str = "error") -> None:
