@@ -136,19 +136,27 @@ def main():
 @click.option("--sample", "sample_old", type=int, default=None, help="Vectors to sample from the source.")
 @click.option("--sample-new", type=int, default=None, help="Fresh texts to encode.")
 @click.option("--pairs", type=int, default=None, help="Stored texts to re-encode as pairs.")
-@click.option("--queries", default="", help="Query texts for the quality report (.jsonl with text[, doc_id]).")
+@click.option("--queries", default="", help="Labelled queries for the gate: BEIR queries.jsonl "
+              "({\"_id\", \"text\"}) with --qrels, or .jsonl lines with text and doc_id.")
+@click.option("--qrels", default="", help="BEIR qrels .tsv (query-id, corpus-id = point id, score).")
+@click.option("--group-field", default="", help="Payload field grouping points by source document: "
+              "its siblings are the gate's evidence when there are no labels.")
+@click.option("--baseline", type=click.Choice(["today", "none"]), default="today", show_default=True,
+              help="none: the old model is being retired; compare with a full re-embed instead.")
 @click.option("--checkpoint", default="", help="Checkpoint dir (default checkpoints/SOURCE-to-MODEL).")
 @click.option("-o", "--output", default="plan.toml", show_default=True)
 @json_option
 @handled
 def plan(source, to_model, from_model, texts, text_column, text_field, target, live_name, method,
-         sample_old, sample_new, pairs, queries, checkpoint, output, as_json):
+         sample_old, sample_new, pairs, queries, qrels, group_field, baseline, checkpoint, output,
+         as_json):
     """Inspect SOURCE and write a commented plan file."""
     from . import commands
     result = commands.plan(source, to_model, output=output, texts=texts, text_column=text_column,
                            text_field=text_field, from_model=from_model, target=target,
                            live_name=live_name, method=method, sample_old=sample_old,
-                           sample_new=sample_new, pairs=pairs, queries=queries, checkpoint=checkpoint)
+                           sample_new=sample_new, pairs=pairs, queries=queries, checkpoint=checkpoint,
+                           qrels=qrels, group_field=group_field, baseline=baseline)
 
     def human(r):
         s, e = r["source"], r["estimate"]
@@ -160,6 +168,13 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
                    f"~{e['train_minutes_cpu']} min CPU (~{e['train_minutes_gpu_estimate']} min GPU, estimated)")
         click.echo(f"apply    ~{e['apply_minutes']} min, target ~{e['target_disk_mb']} MB")
         click.echo(f"cutover  {r['cutover']} (only after the quality gate passes)")
+        click.echo(f"evidence {r['evidence']}" + ("" if r["evidence"] != "none" else
+                   ": the gate can say at most WARN (unproven); give --queries/--qrels or --group-field"))
+        prop = r.get("group_field_proposed")
+        if prop:
+            st = prop["stats"]
+            click.echo(f"proposed --group-field {prop['field']} ({st['groups_of_2_or_more']} groups of "
+                       f"2+ in a sample of {st['points']}; commented out in the plan: uncomment to use)")
         click.echo(f"wrote    {r['plan']}; next: embedmigrate train {r['plan']}")
     emit(result, as_json, human)
 
@@ -211,12 +226,17 @@ def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, 
     from .report import exit_code_for
     if dry_run:
         report, paths = commands.dry_run(plan_file, out_dir=report_dir, progress=not as_json)
-        result = {"dry_run": True, "verdict": report.verdict, "report": {k: str(v) for k, v in paths.items()},
-                  "checks": report.checks}
+        d = report.to_dict()
+        result = {"dry_run": True, "verdict": report.verdict, "evidence": d["evidence"],
+                  "answer": d["answer"], "search_quality": d["search_quality"],
+                  "recommendation": (d["decision"] or {}).get("recommendation"),
+                  "decision": d["decision"], "report": {k: str(v) for k, v in paths.items()},
+                  "checks": d["checks"]}
 
         def human(r):
             for c in r["checks"]:
-                click.echo(f"  {c['status']:4s} {c['name']}: {c['value']} (threshold {c['threshold']})")
+                click.echo(_check_line(c))
+            _echo_answer(r)
             click.echo(f"verdict {r['verdict']}; report {r['report'].get('html')}")
         emit(result, as_json, human)
         sys.exit(exit_code_for(report.verdict))
@@ -226,13 +246,58 @@ def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, 
     def human(r):
         click.echo(f"wrote {r['written']} vectors to {r['target']}; ids match: {r['ids_match']}")
         for c in r["failed_checks"]:
-            click.echo(f"  {c['status']:4s} {c['name']}: {c['value']} (threshold {c['threshold']})")
+            click.echo(_check_line(c))
+        _echo_answer(r, table=False)
         click.echo(f"verdict {r['verdict']}; report {r['report'].get('html')}")
         click.echo(f"cutover {r.get('cutover', 'skipped (--no-cutover)')}")
     emit(result, as_json, human)
     if result.get("cutover") == "done" or result["verdict"] == "PASS":
         sys.exit(ExitCode.OK)
     sys.exit(exit_code_for(result["verdict"]))
+
+
+def _check_line(c: dict) -> str:
+    """One check for a terminal: status, name, value and the lines it is judged by."""
+    if c["status"] == "SKIP":
+        return f"  SKIP {c['name']}: {c['explanation']}"
+    value = c["value"]
+    shown = f"{value:.4g}" if isinstance(value, float) else ("–" if value is None else str(value))
+    lines = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (c.get("threshold") or {}).items())
+    return f"  {c['status']:4s} {c['name']}: {shown}" + (f" ({lines})" if lines else "")
+
+
+def _echo_answer(r: dict, table: bool = True) -> None:
+    """'Is search better after the migration?' and, on a dry run, the decision table."""
+    click.echo(f"evidence {r.get('evidence')}: {r.get('answer')}")
+    dec = r.get("decision") or {}
+    if not table or not dec.get("rows"):
+        return
+    click.echo(f"{'road':10s} {'nDCG@10':>8s} {'vs today':>8s} {'CPU':>10s} {'GPU (est.)':>10s}  what")
+    for row in dec["rows"]:
+        q = row["ndcg"]
+        click.echo(f"{row['road']:10s} {('–' if not q else format(q['mean'], '.3f')):>8s} "
+                   f"{('–' if row['ratio_vs_today'] is None else format(row['ratio_vs_today'], '.2f')):>8s} "
+                   f"{_seconds(row['cpu_seconds']):>10s} {_seconds(row['gpu_seconds_estimate']):>10s}  "
+                   f"{row['what']}")
+    click.echo(f"recommendation {dec['recommendation']}: {dec['reason']}")
+
+
+def _seconds(s) -> str:
+    if s is None:
+        return "–"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN")
+@click.option("--force", is_flag=True, help="Cut over even though the gate did not say PASS.")
+@json_option
+@handled
+def cutover(plan_file, force, as_json):
+    """Make the live name serve the verified target (apply does this on PASS)."""
+    from . import commands
+    emit(commands.cutover(plan_file, force=force), as_json,
+         lambda r: click.echo(f"cutover {r['cutover']}" + (" (forced)" if r.get("forced") else "")))
 
 
 @main.command()

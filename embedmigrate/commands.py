@@ -38,8 +38,14 @@ DEFAULT_SAMPLE = 20000
 def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", text_column: str = "",
          text_field: str | None = None, from_model: str = "", target: str = "", live_name: str = "",
          method: str = "auto", sample_old: int | None = None, sample_new: int | None = None,
-         pairs: int | None = None, queries: str = "", checkpoint: str = "") -> dict:
-    """Inspect the source and write a plan file. Returns the plan and its estimates."""
+         pairs: int | None = None, queries: str = "", checkpoint: str = "", qrels: str = "",
+         group_field: str = "", baseline: str = "today") -> dict:
+    """Inspect the source and write a plan file. Returns the plan and its estimates.
+
+    Evidence for the gate: ``queries`` (+ ``qrels``, BEIR layout) are labelled
+    queries; ``group_field`` names the payload field whose points are siblings.
+    Without either, a field that looks like a grouping is proposed (commented
+    out) in the plan."""
     from .encoders import open_encoder
 
     src_uri = parse_uri(source)
@@ -79,15 +85,65 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
     p.train.checkpoint = checkpoint or f"checkpoints/{src_uri.collection}-to-{slug}"
     p.gate.sample = min(info.count, 2000)
     p.gate.queries = str(Path(queries).resolve()) if queries else ""
+    p.gate.qrels = str(Path(qrels).resolve()) if qrels else ""
+    p.gate.group_field, p.gate.baseline = group_field, baseline
+    evidence_found = _check_evidence_inputs(p, src, info)
+    if not group_field and not evidence_found.get("labels"):
+        p.group_proposal = evidence_found.get("proposal") or {}
     p.estimate = estimate(info.count, info.dim, encoder.dim, n_old, n_pairs + n_new, speed, method,
                           n_pairs)
-    out = p.write(output)
     from .plan import validate
-    validate(p, str(out))
+    validate(p, str(output))  # before writing: a bad plan leaves no file behind
+    out = p.write(output)
     return {"plan": str(out), "source": info.to_dict(), "target": p.target.uri,
+            "evidence": evidence_found.get("kind", "none"),
+            "group_field_proposed": p.group_proposal or None,
             "live_name": p.target.live_name, "new_model": to_model, "new_dim": encoder.dim,
             "sample": p.to_dict()["sample"], "method": method, "estimate": p.estimate,
             "cutover": _cutover_description(src_uri.engine, p.target.live_name, target_name)}
+
+
+def _check_evidence_inputs(p: Plan, src, info) -> dict:
+    """Read and check the gate's evidence before the plan is written: labels must
+    name points of the collection; a group field must exist and hold a group of 2.
+    Proposes a group field when none is given. Returns what was found."""
+    from . import evidence as E
+    found: dict = {"kind": E.NONE}
+    sample = src.sample(min(info.count, 2000), seed=p.sample.seed)
+    if p.gate.queries:
+        if p.gate.qrels or _queries_have_doc_ids(p.gate.queries):
+            if p.gate.baseline == "today" and not p.model.old:
+                raise UsageError("labelled queries need the old model to search today's index",
+                                 "pass --from-model OLD_MODEL, or --baseline none if the old model "
+                                 "is being retired")
+            labelled = E.read_labelled_queries(p.gate.queries, p.gate.qrels or None)
+            E.labelled_eval_set(src, labelled, sample.__class__([], sample.vectors[:0], []),
+                                p.source.text_field)  # raises if a corpus-id is not in the collection
+            found.update(kind=E.LABELS, labels=len(labelled.ids))
+    elif p.gate.qrels:
+        raise UsageError("--qrels needs --queries", "pass the BEIR queries.jsonl with --queries")
+    fields = sorted({k for pl in sample.payloads if isinstance(pl, dict) for k in pl})
+    if p.gate.group_field:
+        if p.gate.group_field not in fields and p.gate.group_field not in info.payload_fields:
+            raise NotFoundError(f"the source has no field '{p.gate.group_field}'",
+                                "pass --group-field with one of: " + (", ".join(fields) or "(none)"))
+        stats = E.group_statistics(sample.payloads, p.gate.group_field)
+        if stats["groups_of_2_or_more"] == 0:  # the sample may miss siblings: read whole groups
+            E.sibling_eval_set(src, p.gate.group_field, sample, batch_size=p.apply.batch_size)
+        if found["kind"] == E.NONE:
+            found["kind"] = E.SIBLINGS
+    else:
+        exclude = (p.source.text_field,) if p.source.text_field else ()
+        proposal = E.propose_group_field(sample.payloads, fields, exclude=exclude)
+        if proposal:
+            found["proposal"] = {"field": proposal[0], "stats": proposal[1]}
+    return found
+
+
+def _queries_have_doc_ids(path) -> bool:
+    from .texts import read_records
+    records = read_records(path)
+    return bool(records) and all("doc_id" in r for r in records)
 
 
 def _choose_text_field(info, requested: str | None) -> str | None:
@@ -250,7 +306,7 @@ EVAL_FILE = "eval.npz"
 def _save_eval_data(plan: Plan, data: dict) -> None:
     """What the quality gate needs from training (held-out pairs, the new-model
     sample), kept so dry runs and verify do not sample and encode again."""
-    path = plan.state_dir / "cache" / EVAL_FILE
+    path = plan.state_dir / EVAL_FILE  # with the job, not in cache/ (cleanup clears that)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"new": data["new"], "holdout_ids": np.asarray([str(i) for i in data["holdout_ids"]])}
     if data["holdout"] is not None:
@@ -264,9 +320,13 @@ def _load_eval_data(plan: Plan) -> dict | None:
     has_texts = (plan.sample.pairs and plan.source.text_field) or (plan.sample.texts and plan.sample.new)
     if not has_texts:
         return None
-    path = plan.state_dir / "cache" / EVAL_FILE
-    if not path.exists():  # cache cleared (cleanup): rebuild it; encodings are cached too
-        return training_data(plan, progress=False)
+    path = plan.state_dir / EVAL_FILE
+    if not path.exists():
+        path = plan.state_dir / "cache" / EVAL_FILE  # where jobs trained before kept it
+    if not path.exists():
+        # drawing "held-out" pairs again could pick rows the translator was trained on:
+        # measure without them (retrain to get them back)
+        return None
     with np.load(path, allow_pickle=False) as z:
         held = (z["holdout_old"], z["holdout_new"]) if "holdout_old" in z else None
         return {"new": z["new"], "holdout": held, "holdout_ids": z["holdout_ids"].tolist()}
@@ -317,28 +377,85 @@ def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
     info = src.describe()
     translator = _load_translator(plan, info)
     sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
-    report = _evaluate(plan, translator, sample, info)
+    report = _evaluate(plan, translator, sample, info, progress=progress)
     paths = report.write(Path(out_dir) if out_dir else plan.state_dir / "report")
     JobState(plan.state_dir).update(last_report=str(paths.get("html")), last_verdict=report.verdict)
     return report, paths
 
 
-def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: np.ndarray | None = None):
+def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: np.ndarray | None = None,
+              target=None, progress: bool = False):
+    """Every check the data allows, and the evidence: search quality of today's
+    index, the migrated one and a full re-embed on labelled queries or sibling
+    chunks. ``target``: the written collection (verify), searched as it is."""
     from .report import Thresholds, evaluate
     thresholds = Thresholds.from_dict(plan.gate.thresholds)
     data = _load_eval_data(plan)
     held_out = data["holdout"] if data else None
-    q_new = q_old = relevant = None
+    q_new = q_old = None
     if plan.gate.queries:
-        # query labels refer to the documents searched: the held-out pairs when
-        # there are some (both encodings known), else the sampled points
-        q_new, q_old, relevant = _query_vectors(plan, data["holdout_ids"] if held_out else sample.ids)
+        # query texts feed the agreement checks; their labels feed the evidence
+        q_new, q_old, _ = _query_vectors(plan, data["holdout_ids"] if held_out else sample.ids)
+    summary, decision = gather_evidence(plan, translator, sample, info, target=target,
+                                        progress=progress)
     report = evaluate(translator, sample.vectors, metric=info.metric, held_out_pairs=held_out,
-                      queries_new=q_new, queries_old=q_old, relevant=relevant,
-                      new_sample=data["new"] if data else None, thresholds=thresholds, cost=dict(plan.estimate))
+                      queries_new=q_new, queries_old=q_old, relevant=None,
+                      new_sample=data["new"] if data else None, thresholds=thresholds,
+                      cost=dict(plan.estimate), evidence=summary, decision=decision)
     if written is not None:
         _add_written_check(report, translator.translate(sample.vectors), written)
     return report
+
+
+def gather_evidence(plan: Plan, translator: Translator, sample: Batch, info, *, target=None,
+                    progress: bool = False) -> tuple[dict, dict]:
+    """(evidence summary, decision) for the report: the evaluation set is built
+    from labelled queries or sibling chunks, encoded for every road, measured."""
+    from . import evidence as E
+    from .encoders import open_encoder
+    src = open_collection(plan.source.uri)
+    try:
+        if plan.gate.queries and (plan.gate.qrels or _queries_have_doc_ids(plan.resolve_path(plan.gate.queries))):
+            labelled = E.read_labelled_queries(plan.resolve_path(plan.gate.queries),
+                                               plan.resolve_path(plan.gate.qrels) if plan.gate.qrels else None)
+            es = E.labelled_eval_set(src, labelled, sample, plan.source.text_field)
+        elif plan.gate.group_field:
+            bar = tqdm(total=info.count, unit="pt", desc="reading sibling groups", disable=not progress)
+            try:
+                es = E.sibling_eval_set(src, plan.gate.group_field, sample, plan.source.text_field,
+                                        batch_size=plan.apply.batch_size, seed=plan.sample.seed,
+                                        progress=bar.update)
+            finally:
+                bar.close()
+        else:
+            summary = E.no_evidence()
+            return summary, E.decide(summary, None, count=info.count, baseline=plan.gate.baseline)
+    finally:
+        src.close()
+    if es.kind == E.LABELS and not plan.model.old and plan.gate.baseline == "today":
+        raise UsageError("labelled queries need the old model to search today's index",
+                         "set [model] old (--from-model), or [gate] baseline = \"none\"")
+    old_encoder = open_encoder(plan.model.old) if plan.model.old else None
+    enc = E.encode_for_roads(es, translator, open_encoder(plan.model.new), old_encoder,
+                             plan.state_dir / "cache")
+    migrated = _migrated_road(plan)
+    if target is not None:
+        written = target.fetch(list(es.doc_ids))
+        by_id = {str(i): k for k, i in enumerate(written.ids)}
+        if all(str(i) in by_id for i in es.doc_ids):
+            enc.docs_written = written.vectors[[by_id[str(i)] for i in es.doc_ids]]
+            migrated = "written"
+    roads = E.measure_roads(es, enc, translator, metric=info.metric, seed=plan.sample.seed)
+    summary = E.summarise(es, enc, roads, baseline=plan.gate.baseline, migrated=migrated,
+                          seed=plan.sample.seed)
+    return summary, E.decide(summary, enc, count=info.count, baseline=plan.gate.baseline)
+
+
+def _migrated_road(plan: Plan) -> str:
+    """Which road the target will hold: the translation, or native encodings."""
+    strategy = getattr(plan, "strategy", None)
+    name = getattr(strategy, "name", strategy) if strategy is not None else "translate"
+    return "reembed" if name == "reembed" else "translate"
 
 
 def _query_vectors(plan: Plan, doc_ids: list):
@@ -379,12 +496,36 @@ def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutov
     plan = _as_plan(plan)
     with RunLock(plan.state_dir) as lock:
         result = rewrite(plan, lock, progress=progress, workers=workers, executor=executor)
-        result.update(verify(plan, lock, progress=progress))
+        result.update(verify(plan, lock, progress=progress, with_report=True))
+        report = result.pop("_report")
         if cutover and (result["verdict"] == "PASS" or force):
             result.update(do_cutover(plan, forced=result["verdict"] != "PASS"))
+            report.cutover = {"status": "done", "forced": result["forced"], "verdict": result["verdict"]}
         elif cutover:
             result["cutover"] = "blocked by the quality gate (re-run with --force to override)"
+            report.cutover = {"status": "blocked by the quality gate", "verdict": result["verdict"]}
+        else:
+            report.cutover = {"status": "not requested (--no-cutover)"}
+        report.write(plan.state_dir / "report")  # the report says what happened to the cutover
         return result
+
+
+def cutover(plan: Plan | str, *, force: bool = False) -> dict:
+    """Cut over a verified target (the gate said PASS); ``force`` overrides a
+    WARN or FAIL verdict, and the job records that it did."""
+    plan = _as_plan(plan)
+    with RunLock(plan.state_dir):
+        state = JobState(plan.state_dir)
+        if state.stage == "cut_over":
+            return {"cutover": "already done", "record": state.get("cutover")}
+        if state.stage not in ("applied", "verified", "rolled_back"):
+            raise UsageError(f"nothing to cut over: the job is at stage '{state.stage}'",
+                             f"run: embedmigrate apply {plan.path}")
+        verdict = state.get("last_verdict")
+        if state.stage != "verified" and not force:
+            raise ConflictError(f"the quality gate said {verdict or 'nothing yet'}, not PASS",
+                                "fix the migration, or cut over anyway with --force")
+        return do_cutover(plan, forced=verdict != "PASS")
 
 
 def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | None = None,
@@ -518,7 +659,8 @@ def _copy_missing(plan, src, dst, lock) -> int:
     return added
 
 
-def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True) -> dict:
+def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True,
+           with_report: bool = False) -> dict:
     """Counts and ids of the target equal the source's; then the quality gate on the target."""
     state = JobState(plan.state_dir)
     src, dst = open_collection(plan.source.uri), open_collection(plan.target.uri)
@@ -537,18 +679,32 @@ def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True) ->
     order = [by_id.get(str(i)) for i in sample.ids]
     if any(k is None for k in order):
         ids_match = False
-        report = _evaluate(plan, translator, sample, info)
+        report = _evaluate(plan, translator, sample, info, target=dst, progress=progress)
     else:
-        report = _evaluate(plan, translator, sample, info, written=written.vectors[order])
+        report = _evaluate(plan, translator, sample, info, written=written.vectors[order],
+                           target=dst, progress=progress)
+    report.mode = "apply"
+    report.cutover = {"status": "already done"} if state.stage == "cut_over" else {}
+    report.written = {"written": state.get("written", 0), "target": plan.target.uri,
+                      "target_count": target_count}
     report.add_check("ids_and_count_match", target_count, {"equal_to": info.count}, ids_match,
                      "the target holds exactly the source's ids (count and id checksum)")
     paths = report.write(plan.state_dir / "report")
     if state.stage != "cut_over":
         state.update(stage="verified" if report.verdict == "PASS" else "applied")
     state.update(last_report=str(paths.get("html")), last_verdict=report.verdict)
-    return {"verdict": report.verdict, "ids_match": ids_match, "source_count": info.count,
-            "target_count": target_count, "target_dim": dst_info.dim, "report": {k: str(v) for k, v in paths.items()},
-            "failed_checks": [c for c in report.checks if c["status"] != "PASS"]}
+    return {"verdict": report.verdict, **_evidence_fields(report), "ids_match": ids_match,
+            "source_count": info.count, "target_count": target_count, "target_dim": dst_info.dim,
+            "report": {k: str(v) for k, v in paths.items()},
+            "failed_checks": [c for c in report.checks if c["status"] != "PASS"],
+            **({"_report": report} if with_report else {})}
+
+
+def _evidence_fields(report) -> dict:
+    """What --json carries at top level about the evidence (see report.to_dict)."""
+    d = report.to_dict()
+    return {"evidence": d["evidence"], "answer": d["answer"], "search_quality": d["search_quality"],
+            "recommendation": (d["decision"] or {}).get("recommendation"), "decision": d["decision"]}
 
 
 def do_cutover(plan: Plan, *, forced: bool = False) -> dict:

@@ -73,10 +73,13 @@ class ApplySection:
 
 @dataclass
 class GateSection:
-    """Thresholds of the quality gate (see embedmigrate.report.Thresholds)."""
+    """Evidence and thresholds of the quality gate (see embedmigrate.report.Thresholds)."""
     thresholds: dict = field(default_factory=dict)
     sample: int = 2000  # points of the collection the report measures on
-    queries: str = ""  # optional file of query texts (needs model.old for before/after)
+    queries: str = ""  # query texts (.jsonl): BEIR {"_id", "text"} with qrels, or {"text", "doc_id"}
+    qrels: str = ""  # BEIR qrels .tsv (query-id, corpus-id = point id, score)
+    group_field: str = ""  # payload field grouping points by source document (sibling evidence)
+    baseline: str = "today"  # "today": must beat today's index; "none": old model retired
 
 
 @dataclass
@@ -90,6 +93,8 @@ class Plan:
     gate: GateSection = field(default_factory=GateSection)
     estimate: dict = field(default_factory=dict)  # informational, written by `plan`
     path: Path | None = None  # where it was read from (not stored)
+    # a group field `plan` found in the source, written as a comment (not stored as a key)
+    group_proposal: dict = field(default_factory=dict, repr=False)
 
     # --- where things live --------------------------------------------------
     @property
@@ -113,6 +118,7 @@ class Plan:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("path")
+        d.pop("group_proposal")
         return d
 
     def write(self, path) -> Path:
@@ -149,7 +155,8 @@ def load_plan(path) -> Plan:
 
 
 def from_dict(data: dict, where: str = "plan") -> Plan:
-    sections = {f.name: f.type for f in fields(Plan) if f.name not in ("path", "estimate")}
+    sections = {f.name: f.type for f in fields(Plan)
+                if f.name not in ("path", "estimate", "group_proposal")}
     kwargs = {}
     for key, value in data.items():
         if key == "estimate":
@@ -230,6 +237,7 @@ def validate(plan: Plan, where: str = "plan") -> None:
                          "set source.text_field to the field holding each point's text, or pairs = 0")
     if plan.gate.sample < 1:
         raise UsageError(f"{where}: [gate] sample must be >= 1", "set sample = 2000")
+    _check_evidence(plan, where)
     if plan.apply.batch_size < 1:
         raise UsageError(f"{where}: [apply] batch_size must be >= 1", "set batch_size = 1024")
     if plan.apply.if_exists not in ("error", "resume", "replace"):
@@ -248,6 +256,34 @@ def validate(plan: Plan, where: str = "plan") -> None:
                          "use one of " + ", ".join(REGISTRY))
     _check_train_options(plan, where)
     _check_thresholds(plan, where)
+
+
+def _check_evidence(plan: Plan, where: str) -> None:
+    g = plan.gate
+    if g.baseline not in ("today", "none"):
+        raise UsageError(f"{where}: [gate] baseline = {_short(g.baseline)}",
+                         'use "today" (the migration must beat today\'s index) or "none" (the old '
+                         "model is being retired)")
+    if g.qrels and not g.queries:
+        raise UsageError(f"{where}: [gate] qrels is set but queries is empty",
+                         "set queries to the BEIR queries.jsonl the qrels refer to")
+    if g.queries and g.baseline == "today" and not plan.model.old and _has_labels(plan):
+        raise UsageError(f"{where}: labelled queries need the old model to search today's index "
+                         "(baseline = \"today\")",
+                         "pass --from-model OLD_MODEL (set [model] old), or set [gate] baseline = "
+                         "\"none\" if the old model is being retired")
+
+
+def _has_labels(plan: Plan) -> bool:
+    if plan.gate.qrels:
+        return True
+    try:
+        import json
+        lines = plan.resolve_path(plan.gate.queries).read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return False  # unreadable: reported when the queries are read
+    return bool(records) and all(isinstance(r, dict) and "doc_id" in r for r in records)
 
 
 def _check_train_options(plan: Plan, where: str) -> None:
@@ -302,8 +338,12 @@ _COMMENTS = {
              "already exists (error | resume | replace).\n# The source is split into parts "
              "(parts = 0: automatic); workers copy parts at once, as threads\n# (executor = "
              "\"local\") or as Ray tasks (executor = \"ray\", ray_address: \"\" local, \"auto\", ray://...).",
-    "gate": "Quality gate: apply cuts over only on PASS (or --force). Thresholds override "
-            "the defaults in embedmigrate.report.Thresholds.",
+    "gate": "Quality gate: apply cuts over only on PASS (or --force). PASS needs evidence that "
+            "search is at least as\n# good as today: labelled queries (queries + qrels, BEIR "
+            "layout) or a group_field whose points are\n# siblings (chunks of one source document). "
+            "Without either the verdict is at most WARN (unproven).\n# baseline = \"none\" when "
+            "the old model is being retired (compares with a full re-embed instead).\n# "
+            "Thresholds override the defaults in embedmigrate.report.Thresholds.",
     "estimate": "Written by `embedmigrate plan` for information; not read back.",
 }
 
@@ -322,6 +362,8 @@ def render(plan: Plan) -> str:
         for k, v in d[section].items():
             if isinstance(v, dict):
                 nested.append((k, v))
+            elif section == "gate" and k == "group_field" and not v and plan.group_proposal:
+                out.append(_proposal_comment(plan.group_proposal))  # no live key: uncommenting adds it
             else:
                 out.append(f"{k} = {_toml_value(v)}")
         for k, v in nested:
@@ -334,6 +376,15 @@ def render(plan: Plan) -> str:
                     out.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
         out.append("")
     return "\n".join(out)
+
+
+def _proposal_comment(proposal: dict) -> str:
+    s = proposal.get("stats", {})
+    return (f"# proposed: uncomment to use sibling evidence (or pass --group-field):\n"
+            f"# group_field = {_toml_value(proposal['field'])}   # in a sample of {s.get('points')} "
+            f"points: {s.get('groups')} values, {s.get('groups_of_2_or_more')} shared by 2 or more, "
+            f"{100 * s.get('share_with_sibling', 0):.0f}% of points have a sibling, largest group "
+            f"{s.get('largest_group')}")
 
 
 def _toml_key(k: str) -> str:

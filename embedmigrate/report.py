@@ -85,10 +85,18 @@ class Thresholds:
     warn_recall_retained: float = 0.25
     min_ratio_vs_baseline: float = 0.95   # translated / doing nothing (old-native, identity)
     warn_ratio_vs_baseline: float = 1.00
+    # evidence (labelled queries or sibling chunks): nDCG@10 migrated / today, judged by
+    # its bootstrap interval: FAIL when it lies below min_, PASS only when it lies at or
+    # above warn_, WARN when it straddles
+    min_evidence_ratio: float = 0.95
+    warn_evidence_ratio: float = 1.00
+    # baseline = "none" (the old model is being retired): migrated / full re-embed
+    min_ratio_vs_reembed: float = 0.50
+    warn_ratio_vs_reembed: float = 0.80
 
     def __post_init__(self):
         for name in ("overlap_at_k", "neighbourhood_overlap", "distribution_match", "top1",
-                     "recall_retained", "ratio_vs_baseline"):
+                     "recall_retained", "ratio_vs_baseline", "evidence_ratio", "ratio_vs_reembed"):
             fail, warn = getattr(self, "min_" + name), getattr(self, "warn_" + name)
             if warn < fail:
                 raise UsageError(f"gate threshold warn_{name}={warn} is below min_{name}={fail}",
@@ -158,6 +166,17 @@ class QualityReport:
     cost: dict = field(default_factory=dict)
     # per-point values for the plots (not serialised)
     series: dict = field(default_factory=dict, repr=False)
+    evidence: dict = field(default_factory=dict)  # embedmigrate.evidence.summarise / no_evidence
+    decision: dict = field(default_factory=dict)  # embedmigrate.evidence.decide
+    mode: str = "dry-run"                         # "dry-run" | "apply"
+    written: dict = field(default_factory=dict)   # apply: what was written where
+    cutover: dict = field(default_factory=dict)   # apply: done / blocked / forced
+
+    @property
+    def answer(self) -> str:
+        """One plain sentence: is search better after the migration?"""
+        from .evidence import no_evidence, sentence
+        return sentence(self.evidence or no_evidence(), self.verdict)
 
     @property
     def reasons(self) -> list[str]:
@@ -178,7 +197,13 @@ class QualityReport:
         return exit_code_for(self.verdict)
 
     def to_dict(self) -> dict:
-        return _scrub({"verdict": self.verdict, "reasons": self.reasons, "checks": self.checks,
+        ev = self.evidence or {}
+        quality = {k: ev[k] for k in ("baseline", "migrated_road", "ndcg", "ratio", "roads",
+                                      "description", "query_side", "n_queries", "k") if k in ev}
+        return _scrub({"verdict": self.verdict, "evidence": ev.get("kind", "none"),
+                       "answer": self.answer, "search_quality": quality, "mode": self.mode,
+                       "written": self.written, "cutover": self.cutover,
+                       "reasons": self.reasons, "checks": self.checks, "decision": self.decision,
                        "metrics": self.metrics, "translator": self.translator, "cost": self.cost})
 
     def to_json(self) -> str:
@@ -186,7 +211,27 @@ class QualityReport:
 
     def to_markdown(self) -> str:
         d = self.to_dict()
-        out = [f"# embedmigrate quality report: **{d['verdict']}**", ""]
+        out = [f"# embedmigrate quality report: **{d['verdict']}**", "", _what_happened(d), ""]
+        out += ["## Is search better after the migration?", "", d["answer"], "",
+                f"Evidence: **{d['evidence']}**"
+                + (f" ({d['search_quality']['description']})" if d["search_quality"].get("description")
+                   else ""), ""]
+        rows = _quality_rows(d)
+        if rows:
+            out += ["| index | nDCG@10 | 95% interval |", "|---|---|---|"]
+            out += [f"| {name} | {m:.3f} | {lo:.3f}-{hi:.3f} |" for name, m, lo, hi in rows] + [""]
+        if d["decision"]:
+            out += ["## Which road?", "", f"Recommendation: **{d['decision']['recommendation']}**: "
+                    f"{_md_cell(d['decision']['reason'])}", "",
+                    "| road | what | nDCG@10 | vs today | CPU time | GPU time (estimate) | note |",
+                    "|---|---|---|---|---|---|---|"]
+            for r in d["decision"]["rows"]:
+                q = r["ndcg"]
+                out.append(f"| {r['road']} | {_md_cell(r['what'])} | "
+                           f"{'–' if not q else format(q['mean'], '.3f')} | {_fmt(r['ratio_vs_today'])} | "
+                           f"{_fmt_seconds(r['cpu_seconds'])} | {_fmt_seconds(r['gpu_seconds_estimate'])} "
+                           f"| {_md_cell(r['note'])} |")
+            out += ["", d["decision"]["cost_basis"], ""]
         if d["reasons"]:
             out += ["## Why", ""] + [f"- {r}" for r in d["reasons"]] + [""]
         out += ["## Checks", "", "| check | value | threshold | status | explanation |",
@@ -314,6 +359,38 @@ def _skip(name: str, why: str) -> dict:
     return _check(name, None, None, SKIP, why)
 
 
+def _evidence_check(summary: dict, th: Thresholds) -> dict:
+    """The only check that can make the verdict PASS: search quality measured on
+    evidence (labelled queries or sibling chunks), migrated vs the baseline, judged
+    by the bootstrap interval of the nDCG ratio. Without evidence: WARN, unproven."""
+    from .evidence import NONE, UNPROVEN
+    ratio = summary.get("ratio") if summary else None
+    if not summary or summary.get("kind", NONE) == NONE or not ratio:
+        reason = (summary or {}).get("reason") or UNPROVEN
+        return _check("search quality (evidence)", None, None, WARN,
+                      f"{reason}: agreement checks alone cannot show that search is as good as "
+                      "today; pass --queries/--qrels or --group-field (or --force to cut over anyway)")
+    vs, k = ratio["vs"], summary.get("k", 10)
+    if vs == "today":
+        fail, warn, baseline = th.min_evidence_ratio, th.warn_evidence_ratio, "today"
+    else:
+        fail, warn, baseline = th.min_ratio_vs_reembed, th.warn_ratio_vs_reembed, "a full re-embed"
+    threshold = {"fail_if_interval_below": fail, "pass_if_interval_at_or_above": warn}
+    name = f"search quality vs {baseline} (nDCG@{k}, {summary['kind']})"
+    lo, hi, r = ratio["low"], ratio["high"], ratio["ratio"]
+    if not all(np.isfinite([lo, r])):
+        return _not_a_number(name, "the nDCG ratio", threshold)
+    numbers = (f"nDCG@{k} migrated / {baseline} = {r:.2f} (95% interval {lo:.2f}-{hi:.2f}) on "
+               f"{summary.get('n_queries')} {summary['kind']} queries")
+    if hi < fail:
+        status, why = FAIL, f"{numbers}: the whole interval is below {fail}: search gets worse"
+    elif lo >= warn:
+        status, why = PASS, f"{numbers}: the whole interval is at or above {warn}"
+    else:
+        status, why = WARN, f"{numbers}: the interval straddles {fail}-{warn}: not shown as good"
+    return _check(name, round(float(r), 4), threshold, status, why)
+
+
 def _confidence_check(translator, th: Thresholds, has_pairs: bool = False) -> dict:
     conf = (translator.meta or {}).get("confidence")
     aligned = conf.get("aligned") if isinstance(conf, dict) else None
@@ -344,7 +421,8 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
              metric: str = "cosine", held_out_pairs: tuple | None = None,
              queries_new=None, queries_old=None, relevant=None, new_sample=None,
              cost: dict | None = None, k: int = 10, n_queries: int = 1000,
-             score_thresholds=None, seed: int = 0) -> QualityReport:
+             score_thresholds=None, seed: int = 0, evidence: dict | None = None,
+             decision: dict | None = None) -> QualityReport:
     """Run every check the given data allows and return the report.
 
     old_sample       (n, d_old) stored vectors sampled from the collection.
@@ -356,6 +434,10 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
     new_sample       a fresh new-model sample (enables distribution_match).
     score_thresholds old-space similarity thresholds the user filters on; the
                      report maps each to the new space.
+    evidence         ``embedmigrate.evidence.summarise(...)``: search quality on
+                     labelled queries or sibling chunks. Without it the verdict is
+                     at most WARN (unproven): agreement checks can FAIL a broken
+                     map but never PASS one on their own.
     """
     th = thresholds if thresholds is not None else Thresholds()
     if metric not in ("cosine", "dot", "l2"):
@@ -372,7 +454,8 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
         checks.append(_check("finite output", broken, {"max": 0}, FAIL,
                              f"{broken} of {len(old)} translated vectors contain NaN or inf"))
         return QualityReport(verdict=FAIL, checks=checks, metrics=mets,
-                             translator=_translator_summary(translator), cost=_scrub(cost or {}))
+                             translator=_translator_summary(translator), cost=_scrub(cost or {}),
+                             evidence=_scrub(evidence or {}), decision=_scrub(decision or {}))
 
     # 1. stored vectors as queries, left out of the index so they don't find themselves
     nq = min(n_queries, len(old) // 5) or 1
@@ -458,11 +541,14 @@ def evaluate(translator, old_sample, *, thresholds: Thresholds | None = None,
     mets["score_shift"] = _score_shift(scores_before.ravel(), scores_after.ravel(), metric,
                                        score_thresholds, score_source)
 
+    # 6. evidence last: the only check that can PASS the gate
+    checks.append(_evidence_check(evidence, th))
     verdict = max((c["status"] for c in checks), key=lambda s: _SEVERITY[s])
     verdict = PASS if verdict == SKIP else verdict
     return QualityReport(verdict=verdict, checks=checks, metrics=_scrub(mets),
                          translator=_translator_summary(translator), cost=_scrub(cost or {}),
-                         series=series)
+                         series=series, evidence=_scrub(evidence or {}),
+                         decision=_scrub(decision or {}))
 
 
 def _cycle_check(translator, old, th, mets) -> dict:
@@ -601,6 +687,36 @@ def _translator_summary(translator) -> dict:
 
 # --- formatting -------------------------------------------------------------------------
 
+def _what_happened(d: dict) -> str:
+    """Whether this report comes from a dry run or an apply, and what was written."""
+    if d["mode"] != "apply":
+        return "Dry run: measured on a sample; nothing was written to any database."
+    w = d.get("written") or {}
+    text = (f"Apply: {w.get('written', '?')} points written to {w.get('target', 'the target')}; "
+            f"the source was only read.")
+    c = d.get("cutover") or {}
+    if c.get("status") == "done":
+        text += " Cut over" + (" by --force, against the gate's verdict." if c.get("forced") else ".")
+    elif c.get("status"):
+        text += f" Cutover: {c['status']}."
+    return text
+
+
+def _quality_rows(d: dict) -> list:
+    """(label, mean, low, high) of today / migrated / full re-embed, where measured."""
+    q = d.get("search_quality", {}).get("ndcg") or {}
+    labels = (("today", "today (old index, old queries)"), ("migrated", "after the migration"),
+              ("reembed", "full re-embed"))
+    return [(label, q[key]["mean"], q[key]["low"], q[key]["high"]) for key, label in labels
+            if q.get(key)]
+
+
+def _fmt_seconds(s) -> str:
+    if s is None:
+        return "–"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
 def _fmt(v) -> str:
     if v is None:
         return "–"
@@ -688,6 +804,27 @@ def _render_html(rep: QualityReport) -> str:
     cost = f"<section><h2>Estimated cost</h2>{kv_table(_flatten(d['cost']))}</section>" \
         if d["cost"] else ""
     method = d["translator"].get("method", "")
+    quality_rows = "".join(f"<tr><td>{esc(name)}</td><td class='num'>{m:.3f}</td>"
+                           f"<td class='num'>{lo:.3f}-{hi:.3f}</td></tr>"
+                           for name, m, lo, hi in _quality_rows(d))
+    quality_table = (f"<table><tr><th>index</th><th>nDCG@10</th><th>95% interval</th></tr>"
+                     f"{quality_rows}</table>" if quality_rows else "")
+    desc = d["search_quality"].get("description")
+    decision = ""
+    if d["decision"]:
+        dec = d["decision"]
+        drows = "".join(
+            f"<tr><td>{esc(r['road'])}</td><td>{esc(r['what'])}</td>"
+            f"<td class='num'>{'–' if not r['ndcg'] else format(r['ndcg']['mean'], '.3f')}</td>"
+            f"<td class='num'>{esc(_fmt(r['ratio_vs_today']))}</td>"
+            f"<td class='num'>{esc(_fmt_seconds(r['cpu_seconds']))}</td>"
+            f"<td class='num'>{esc(_fmt_seconds(r['gpu_seconds_estimate']))}</td>"
+            f"<td>{esc(r['note'])}</td></tr>" for r in dec["rows"])
+        decision = (f"<section id='decision' data-recommendation='{esc(dec['recommendation'])}'>"
+                    f"<h2>Which road?</h2><p>Recommendation: <b>{esc(dec['recommendation'])}</b>: "
+                    f"{esc(dec['reason'])}</p><table><tr><th>road</th><th>what</th><th>nDCG@10</th>"
+                    f"<th>vs today</th><th>CPU time</th><th>GPU time (estimate)</th><th>note</th></tr>"
+                    f"{drows}</table><p>{esc(dec['cost_basis'])}</p></section>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -697,8 +834,12 @@ def _render_html(rep: QualityReport) -> str:
 <header id="verdict" data-verdict="{d['verdict']}" style="background:{colour}">
 <h1>Quality gate: {d['verdict']}</h1>
 <p>translator {esc(str(method))}, {d['metrics'].get('n_sample', 0)} sampled vectors,
-k = {d['metrics'].get('k')}. Dry run: nothing was written.</p></header>
+k = {d['metrics'].get('k')}. {esc(_what_happened(d))}</p></header>
 <main>
+<section id="answer" data-evidence="{esc(d['evidence'])}"><h2>Is search better after the migration?</h2>
+<p>{esc(d['answer'])}</p><p>Evidence: <b>{esc(d['evidence'])}</b>{esc(f' ({desc})' if desc else '')}</p>
+{quality_table}</section>
+{decision}
 <section><h2>Why</h2><ul class="reasons">{reasons}</ul></section>
 <section><h2>Checks</h2><table><tr><th>check</th><th>value</th><th>threshold</th>
 <th>status</th><th>explanation</th></tr>{rows}</table></section>
