@@ -140,9 +140,28 @@ def fitted(cls, wn):
 def good_report(wn):
     return evaluate(fitted(LeastSquares, wn), wn["old"], thresholds=Thresholds(),
                     new_sample=wn["new"], held_out_pairs=wn["held_out"],
-                    queries_new=wn["q_new"], queries_old=wn["q_old"],
+                    queries_new=wn["q_new"], queries_old=wn["q_old"], evidence=SHOWN_BETTER,
                     cost={"vectors": 50000, "estimated_minutes": 3.5,
                           "target": "postgresql://bob:hunter2@db.example:5432/app?table=docs"})
+
+
+# evidence as embedmigrate.evidence.summarise writes it (measured in tests/test_gate.py):
+# the migrated index's nDCG interval lies above today's
+SHOWN_BETTER = {"kind": "labels", "k": 10, "n_queries": 600, "description": "600 labelled queries",
+                "ndcg": {"today": {"mean": 0.15, "low": 0.12, "high": 0.17},
+                         "migrated": {"mean": 0.44, "low": 0.40, "high": 0.47}},
+                "roads": {"today": {"mean": 0.15, "low": 0.12, "high": 0.17},
+                          "translate": {"mean": 0.44, "low": 0.40, "high": 0.47}},
+                "ratio": {"vs": "today", "ratio": 2.9, "low": 2.6, "high": 3.4}}
+
+
+def test_good_translator_without_evidence_is_only_unproven(wn):
+    """The same good map, with every agreement check passing, is WARN without evidence."""
+    rep = evaluate(fitted(LeastSquares, wn), wn["old"], new_sample=wn["new"],
+                   held_out_pairs=wn["held_out"], queries_new=wn["q_new"], queries_old=wn["q_old"])
+    assert rep.verdict == WARN and rep.to_dict()["evidence"] == "none"
+    assert [c["status"] for c in rep.checks if c["status"] not in (PASS, "SKIP")] == [WARN]
+    assert rep.reasons[0].startswith("WARN search quality (evidence): unproven")
 
 
 def check(rep: QualityReport, name: str) -> dict:
@@ -296,8 +315,13 @@ def test_report_files(good_report, tmp_path):
         ["report.html", "report.json", "report.md"]  # no temp files left behind
     data = json.loads(paths["json"].read_text())
     assert data["verdict"] == PASS and data["checks"] and data["metrics"]["k"] == 10
+    assert data["evidence"] == "labels" and data["answer"].startswith("Yes")
+    assert data["search_quality"]["ratio"]["low"] == 2.6 and data["mode"] == "dry-run"
     md = paths["md"].read_text()
     assert "**PASS**" in md.splitlines()[0] and "| check |" in md
+    # the report opens with the question, before the checks, and says it wrote nothing
+    assert md.index("## Is search better after the migration?") < md.index("## Checks")
+    assert "nothing was written" in md
     html_text = paths["html"].read_text()
     assert html_text.count("data:image/png;base64,") == 4
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html_text)  # self-contained
