@@ -266,12 +266,19 @@ def cleanup(plan_file, drop_old, drop_target, as_json):
 @json_option
 @handled
 def run(plan_file, force, workers, executor, as_json):
-    """Advance a scheduled migration by one step (for cron / Kubernetes CronJobs)."""
+    """Advance a scheduled migration by one step (for cron / Kubernetes CronJobs).
+
+    Exit code: 0 when the step is done (verify said PASS, or nothing is left to do),
+    1 when verify's verdict is FAIL, 3 when it is WARN: a scheduler sees a migration
+    that cannot go on."""
     from . import commands
-    emit(commands.run(plan_file, progress=not as_json, force=force, workers=workers,
-                      executor=executor), as_json,
+    from .report import exit_code_for
+    result = commands.run(plan_file, progress=not as_json, force=force, workers=workers,
+                          executor=executor)
+    emit(result, as_json,
          lambda r: click.echo(f"step {r['step']}: " + json.dumps({k: v for k, v in r.items() if k != 'step'},
                                                                   default=str)))
+    sys.exit(exit_code_for(result["verdict"]) if result.get("verdict") else ExitCode.OK)
 
 
 @main.command()

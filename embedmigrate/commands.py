@@ -706,7 +706,7 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
             done["dropped"].append(parse_uri(plan.target.uri).collection)
             state.update(stage="trained" if state.reached("trained") else state.stage,
                          apply_started=False, creating_target=False, cursor=None, parts=None,
-                         missing_copied=None,
+                         missing_copied=None, catch_up=None,
                          written=0, id_hash=0)
         if clear_cache:
             shutil.rmtree(plan.state_dir / "cache", ignore_errors=True)

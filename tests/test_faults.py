@@ -363,8 +363,8 @@ def test_kill9_during_catch_up_then_runs_finish_exactly(engine_name, seed, reque
     assert open_collection(job.target_uri).count() < n + added, "the kill must land mid-catch-up"
 
     code, out, err = finish(start_cli("run", job.plan, "--json"))
-    assert code in VERDICT_CODES, err
     result = json.loads(out)
+    assert code == {"PASS": ExitCode.OK, "WARN": ExitCode.WARN, "FAIL": ExitCode.FAIL}[result["verdict"]]
     assert result["step"] == "verify" and result["ids_match"], result
     assert (result["source_count"], result["target_count"]) == (n + added, n + added)
     assert job.written() == n + added
@@ -401,6 +401,33 @@ def test_unaccounted_points_in_the_target_are_rechecked(postgres_tcp_harness, tm
     assert_migrated_exactly(collection_digest(open_collection(job.source_uri)),
                             collection_digest(open_collection(job.target_uri)), job.translator,
                             normalised=not harness.exact_vectors)
+
+
+# --- run's exit code is verify's verdict ----------------------------------------------------
+
+@pytest.mark.parametrize("outcome", ["FAIL", "WARN"])
+def test_run_exits_with_the_verdict(outcome, pg, tmp_path, fresh_name):
+    """A cron job must see a migration that cannot go on: ``run`` exits 1 when verify
+    says FAIL (here: rows deleted from the source after they were copied, so the
+    counts differ) and 3 when it says WARN (here: a WARN line no translation meets),
+    as docs/scheduling.md says; 0 for the steps that succeeded."""
+    from embedmigrate.plan import load_plan
+    name = fresh_name(f"exit{outcome.lower()}")
+    job = make_job(tmp_path, pg.harness, name, n=300, batch_size=BATCH)
+    if outcome == "WARN":
+        plan = load_plan(job.plan)
+        plan.gate.thresholds = {"min_neighbourhood_overlap": 0.0, "warn_neighbourhood_overlap": 1.0,
+                                "max_cycle_error": 1.0, "warn_cycle_error": 0.0}
+        plan.write(job.plan)
+    code, out, err = finish(start_cli("run", job.plan, "--json"))
+    assert (code, json.loads(out)["step"]) == (ExitCode.OK, "apply"), err
+    if outcome == "FAIL":
+        with pg.harness.connect() as conn:
+            conn.execute(f'DELETE FROM "{name}" WHERE id <= 5')
+    code, out, err = finish(start_cli("run", job.plan, "--json"))
+    result = json.loads(out)
+    assert (result["step"], result["verdict"]) == ("verify", outcome), result
+    assert code == {"FAIL": ExitCode.FAIL, "WARN": ExitCode.WARN}[outcome], (code, err)
 
 
 # --- the job lock ---------------------------------------------------------------------------
