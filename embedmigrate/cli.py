@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 
 import click
 
@@ -22,6 +23,9 @@ from .errors import EmbedMigrateError, ExitCode, file_error
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# Qdrant local mode warns, mid-progress-bar, when a collection passes 20,000 points: it is
+# about query speed, which a migration does not need (docs/benchmarks.md has its apply costs)
+warnings.filterwarnings("ignore", message="Local mode is not recommended", category=UserWarning)
 
 # a write failing for lack of space or permission (write() errors carry no file name)
 FILE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -145,6 +149,7 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
          sample_old, sample_new, pairs, queries, checkpoint, output, as_json):
     """Inspect SOURCE and write a commented plan file."""
     from . import commands
+    from .plan import load_plan
     result = commands.plan(source, to_model, output=output, texts=texts, text_column=text_column,
                            text_field=text_field, from_model=from_model, target=target,
                            live_name=live_name, method=method, sample_old=sample_old,
@@ -160,6 +165,11 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
                    f"~{e['train_minutes_cpu']} min CPU (~{e['train_minutes_gpu_estimate']} min GPU, estimated)")
         click.echo(f"apply    ~{e['apply_minutes']} min, target ~{e['target_disk_mb']} MB")
         click.echo(f"cutover  {r['cutover']} (only after the quality gate passes)")
+        field = load_plan(r["plan"]).source.text_field
+        if texts and text_field is None and field:  # --texts given, the pairs came on their own
+            click.echo(f"pairs    the source's field '{field}' holds each point's text, so "
+                       f"{smp['pairs']} stored texts are re-encoded as pairs beside --texts (a paired "
+                       "migration); for the unpaired path pass --text-field \"\"")
         click.echo(f"wrote    {r['plan']}; next: embedmigrate train {r['plan']}")
     emit(result, as_json, human)
 
@@ -242,8 +252,7 @@ def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, 
 def rollback(plan_file, as_json):
     """Point the live name back at the old collection."""
     from . import commands
-    emit(commands.rollback(plan_file), as_json,
-         lambda r: click.echo(f"rolled back: '{r['live_name']}' serves the old collection again"))
+    emit(commands.rollback(plan_file), as_json, lambda r: click.echo(f"rolled back: {r['outcome']}"))
 
 
 @main.command()
@@ -288,8 +297,18 @@ def run(plan_file, force, workers, executor, as_json):
 def status(plan_file, as_json):
     """Where a migration job stands."""
     from . import commands
-    emit(commands.status(plan_file), as_json,
-         lambda r: [click.echo(f"{k:14s} {v}") for k, v in r.items()])
+    emit(commands.status(plan_file), as_json, _print_status)
+
+
+def _print_status(result: dict) -> None:
+    """One line per field; a record (cutover, lock owner) as indented key: value lines."""
+    for key, value in result.items():
+        if isinstance(value, dict):
+            click.echo(f"{key:14s} {'' if value else '-'}".rstrip())
+            for k, v in value.items():
+                click.echo(f"  {k:12s} {'-' if v is None else v}")
+        else:
+            click.echo(f"{key:14s} {'-' if value is None else value}")
 
 
 @main.command()
