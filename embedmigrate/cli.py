@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 
 import click
 
@@ -22,6 +23,9 @@ from .errors import EmbedMigrateError, ExitCode, file_error
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# Qdrant local mode warns, mid-progress-bar, when a collection passes 20,000 points: it is
+# about query speed, which a migration does not need (docs/benchmarks.md has its apply costs)
+warnings.filterwarnings("ignore", message="Local mode is not recommended", category=UserWarning)
 
 # a write failing for lack of space or permission (write() errors carry no file name)
 FILE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -152,6 +156,7 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
          as_json):
     """Inspect SOURCE and write a commented plan file."""
     from . import commands
+    from .plan import load_plan
     result = commands.plan(source, to_model, output=output, texts=texts, text_column=text_column,
                            text_field=text_field, from_model=from_model, target=target,
                            live_name=live_name, method=method, sample_old=sample_old,
@@ -175,6 +180,11 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
             st = prop["stats"]
             click.echo(f"proposed --group-field {prop['field']} ({st['groups_of_2_or_more']} groups of "
                        f"2+ in a sample of {st['points']}; commented out in the plan: uncomment to use)")
+        field = load_plan(r["plan"]).source.text_field
+        if texts and text_field is None and field:  # --texts given, the pairs came on their own
+            click.echo(f"pairs    the source's field '{field}' holds each point's text, so "
+                       f"{smp['pairs']} stored texts are re-encoded as pairs beside --texts (a paired "
+                       "migration); for the unpaired path pass --text-field \"\"")
         click.echo(f"wrote    {r['plan']}; next: embedmigrate train {r['plan']}")
     emit(result, as_json, human)
 
@@ -307,8 +317,7 @@ def cutover(plan_file, force, as_json):
 def rollback(plan_file, as_json):
     """Point the live name back at the old collection."""
     from . import commands
-    emit(commands.rollback(plan_file), as_json,
-         lambda r: click.echo(f"rolled back: '{r['live_name']}' serves the old collection again"))
+    emit(commands.rollback(plan_file), as_json, lambda r: click.echo(f"rolled back: {r['outcome']}"))
 
 
 @main.command()
@@ -331,12 +340,19 @@ def cleanup(plan_file, drop_old, drop_target, as_json):
 @json_option
 @handled
 def run(plan_file, force, workers, executor, as_json):
-    """Advance a scheduled migration by one step (for cron / Kubernetes CronJobs)."""
+    """Advance a scheduled migration by one step (for cron / Kubernetes CronJobs).
+
+    Exit code: 0 when the step is done (verify said PASS, or nothing is left to do),
+    1 when verify's verdict is FAIL, 3 when it is WARN: a scheduler sees a migration
+    that cannot go on."""
     from . import commands
-    emit(commands.run(plan_file, progress=not as_json, force=force, workers=workers,
-                      executor=executor), as_json,
+    from .report import exit_code_for
+    result = commands.run(plan_file, progress=not as_json, force=force, workers=workers,
+                          executor=executor)
+    emit(result, as_json,
          lambda r: click.echo(f"step {r['step']}: " + json.dumps({k: v for k, v in r.items() if k != 'step'},
                                                                   default=str)))
+    sys.exit(exit_code_for(result["verdict"]) if result.get("verdict") else ExitCode.OK)
 
 
 @main.command()
@@ -346,8 +362,18 @@ def run(plan_file, force, workers, executor, as_json):
 def status(plan_file, as_json):
     """Where a migration job stands."""
     from . import commands
-    emit(commands.status(plan_file), as_json,
-         lambda r: [click.echo(f"{k:14s} {v}") for k, v in r.items()])
+    emit(commands.status(plan_file), as_json, _print_status)
+
+
+def _print_status(result: dict) -> None:
+    """One line per field; a record (cutover, lock owner) as indented key: value lines."""
+    for key, value in result.items():
+        if isinstance(value, dict):
+            click.echo(f"{key:14s} {'' if value else '-'}".rstrip())
+            for k, v in value.items():
+                click.echo(f"  {k:12s} {'-' if v is None else v}")
+        else:
+            click.echo(f"{key:14s} {'-' if value is None else value}")
 
 
 @main.command()

@@ -188,6 +188,7 @@ def _encode_speed(encoder) -> float | None:
     if isinstance(encoder, ArrayEncoder):
         return None
     probe = ["a short probe sentence to time the encoder"] * 16
+    encoder.encode(probe[:1])  # loads the model: timing the load made estimates 10-30x too high
     start = time.perf_counter()
     encoder.encode(probe)
     return 16 / max(time.perf_counter() - start, 1e-6)
@@ -619,44 +620,142 @@ def _totals(parts: list[dict], state: JobState) -> dict:
 def catch_up(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
     """Copy points added to the source since the rewrite started (before cutover).
 
-    The scan continues from the saved cursor, which picks up every point that
-    sorts after it; if counts still differ, a full id comparison finds the rest.
+    First each part goes on from its saved cursor, which picks up every point
+    that sorts after it. Then, when the target's count or id checksum differs
+    from the job's, a full id comparison finds the rest (ids added among the
+    copied ones) and copies them with the same partitioned copier, saving its
+    progress after every batch: a run killed anywhere in it resumes, and a
+    checksum left wrong by any earlier run is found and set right.
     """
     state = JobState(plan.state_dir)
     before = state.get("written", 0)
     if state.get("parts"):  # each part goes on from its cursor: new points sorted after it
         state.update(parts=[{**p, "done": False} for p in state.get("parts")])
     rewrite(plan, lock, progress=progress)
-    src, dst = open_collection(plan.source.uri), open_collection(plan.target.uri)
     added = JobState(plan.state_dir).get("written", 0) - before
-    if src.count() != dst.count():
-        added += _copy_missing(plan, src, dst, lock)
+    with open_collection(plan.source.uri) as src, open_collection(plan.target.uri) as dst:
+        added += _copy_missing(plan, src, dst, lock, progress=progress)
     return {"caught_up": added}
 
 
-def _copy_missing(plan, src, dst, lock) -> int:
-    translator = _load_translator(plan)
-    have = set()
+CATCH_UP_IDS = "catch_up_ids.json"
+
+
+def _copy_missing(plan: Plan, src, dst, lock: RunLock, *, progress: bool = True) -> int:
+    """Copy the source points the target lacks; returns how many were copied.
+
+    A copy saved in state.json by a killed run is finished first. Then the
+    target's ids are checked against the job's count and checksum; on any
+    difference the ids are compared in full and the missing ones copied.
+    """
+    copied = 0
+    if JobState(plan.state_dir).get("catch_up"):
+        copied += _run_catch_up_copy(plan, lock, progress=progress)
+    target_ids, target_hash = _target_ids(dst, lock)
+    state = JobState(plan.state_dir)
+    if len(target_ids) == src.count() and target_hash == state.get("id_hash"):
+        return copied
+    missing = [i for ids in src.scan_ids() for i in ids if str(i) not in target_ids]
+    lock.heartbeat()
+    _start_catch_up_copy(plan, state, missing, len(target_ids), target_hash)
+    return copied + _run_catch_up_copy(plan, lock, progress=progress)
+
+
+def _target_ids(dst, lock: RunLock) -> tuple[set, int]:
+    """The target's ids (as str) and their checksum."""
+    have: set = set()
+    total = 0
     for ids in dst.scan_ids():
         have.update(map(str, ids))
-    added, added_hash = 0, 0
-    for batch, _ in src.scan(plan.apply.batch_size):
-        missing = [i for i, x in enumerate(batch.ids) if str(x) not in have]
-        if missing:
-            sub = Batch([batch.ids[i] for i in missing], batch.vectors[missing],
-                        [batch.payloads[i] for i in missing],
-                        [batch.documents[i] for i in missing] if batch.documents is not None else None)
-            dst.write(sub.replace_vectors(translator.translate(sub.vectors)))
-            added_hash = (added_hash + parallel.id_hash(sub.ids)) % (1 << 64)
-            added += len(missing)
-            lock.heartbeat()
-    dst.finish_write()
+        total = (total + parallel.id_hash(ids)) % (1 << 64)
+        lock.heartbeat()
+    return have, total
+
+
+def _start_catch_up_copy(plan: Plan, state: JobState, missing: list, target_count: int,
+                         target_hash: int) -> None:
+    """Persist the copy of ``missing`` (ids file, parts, cursors) before writing any of it.
+
+    The job's totals become what the target was seen to hold plus what the copy
+    writes: ``base`` is that observation minus the rewrite parts' own totals, so
+    points the parts write later still add to it."""
+    from .state import atomic_write_text
+    ids_file = plan.state_dir / CATCH_UP_IDS
+    atomic_write_text(ids_file, json.dumps(missing))
+    parts = state.get("parts") or []
+    n_parts = max(1, min(plan.apply.workers, -(-len(missing) // plan.apply.batch_size)))
+    bounds = [len(missing) * k // n_parts for k in range(n_parts + 1)]
+    state.update(catch_up={
+        "ids_file": str(ids_file), "ids": len(missing),
+        "base": {"written": target_count - sum(p["written"] for p in parts),
+                 "id_hash": (target_hash - sum(p["id_hash"] for p in parts)) % (1 << 64)},
+        "parts": [{"part": {"start": a, "stop": b}, "cursor": None, "written": 0, "id_hash": 0,
+                   "done": a == b} for a, b in zip(bounds, bounds[1:])]})
+
+
+def _run_catch_up_copy(plan: Plan, lock: RunLock, *, progress: bool = True) -> int:
+    """Copy the saved missing ids through ``parallel.run_parts`` (the rewrite's
+    driver), saving each part's cursor after every batch; then fold the copy
+    into the job's totals in one atomic save. Returns the points copied."""
     state = JobState(plan.state_dir)
-    extra = state.get("missing_copied") or {"written": 0, "id_hash": 0}
-    state.update(missing_copied={"written": extra["written"] + added,
-                                 "id_hash": (extra["id_hash"] + added_hash) % (1 << 64)})
-    state.update(**_totals(state.get("parts", []), state))
-    return added
+    job = state.get("catch_up")
+    ids = json.loads(Path(job["ids_file"]).read_text())
+    parts = job["parts"]
+    jobs = [parallel.PartJob(k, p["part"], p["cursor"]) for k, p in enumerate(parts) if not p["done"]]
+    translator = _load_translator(plan)
+    bar = tqdm(total=len(ids), initial=sum(p["written"] for p in parts), unit="vec",
+               desc="catch-up", disable=not progress or not jobs)
+    runner = parallel.LocalExecutor(plan.apply.workers)
+    try:
+        for index, event in parallel.run_parts(jobs, runner, _id_copier(plan, translator, ids)):
+            part = parts[index]
+            if event == parallel.DONE:
+                part["done"] = True
+            else:
+                part["cursor"], n, h = event
+                part["written"] += n
+                part["id_hash"] = (part["id_hash"] + h) % (1 << 64)
+                bar.update(n)
+            state.update(catch_up=job, **_catch_up_totals(state, job))
+            lock.heartbeat()
+    finally:
+        bar.close()
+    with open_collection(plan.target.uri) as dst:
+        dst.finish_write()
+    base = job["base"]
+    state.update(catch_up=None, missing_copied={
+        "written": base["written"] + sum(p["written"] for p in parts),
+        "id_hash": (base["id_hash"] + sum(p["id_hash"] for p in parts)) % (1 << 64)})
+    state.update(**_totals(state.get("parts") or [], state))
+    Path(job["ids_file"]).unlink(missing_ok=True)
+    return sum(p["written"] for p in parts)
+
+
+def _catch_up_totals(state: JobState, job: dict) -> dict:
+    parts = state.get("parts") or []
+    written = sum(p["written"] for p in parts) + job["base"]["written"]
+    id_hash = sum(p["id_hash"] for p in parts) + job["base"]["id_hash"]
+    for p in job["parts"]:
+        written += p["written"]
+        id_hash += p["id_hash"]
+    return {"written": written, "id_hash": id_hash % (1 << 64)}
+
+
+def _id_copier(plan: Plan, translator, ids: list):
+    """A ``run_parts`` copier over positions of ``ids``: part ``{"start", "stop"}``, the
+    cursor the next position. Fetch -> translate -> write, an event per written batch
+    (ids deleted from the source meanwhile are simply not there to copy)."""
+    size = plan.apply.batch_size
+
+    def copy(job: parallel.PartJob):
+        start, stop = job.part["start"], job.part["stop"]
+        with open_collection(plan.source.uri) as src, open_collection(plan.target.uri) as dst:
+            for at in range(start if job.cursor is None else job.cursor, stop, size):
+                batch = src.fetch(ids[at:min(at + size, stop)])
+                if len(batch):
+                    dst.write(batch.replace_vectors(translator.translate(batch.vectors)))
+                yield min(at + size, stop), len(batch), parallel.id_hash(batch.ids)
+    return copy
 
 
 def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True,
@@ -734,7 +833,34 @@ def rollback(plan: Plan | str) -> dict:
                              "cleanup --drop-target")
         open_collection(plan.target.uri).rollback(record)
         state.update(stage="rolled_back", cutover=None, rolled_back=record, rolled_back_at=time.time())
-        return {"rolled_back": True, "live_name": plan.target.live_name, "record": record}
+        return {"rolled_back": True, "live_name": plan.target.live_name, "record": record,
+                "outcome": _rollback_outcome(record)}
+
+
+def _rollback_outcome(record: dict) -> str:
+    """What the rollback did, in words, from the cutover record it undid: the live name
+    serves the old collection again, or, where no collection had it before the
+    cutover (a Qdrant alias the cutover created), the name is gone."""
+    engine = record.get("engine")
+    if engine == "qdrant":
+        live, previous, ours = record["live_name"], record.get("previous"), record["collection"]
+        if previous:
+            return f"alias '{live}' points at '{previous}' again; '{ours}' is kept"
+        return (f"alias '{live}' removed: the cutover had created it, nothing used it before; "
+                f"'{ours}' is kept")
+    if engine == "chroma":
+        live, new, retired = record["live_name"], record["new_name"], record.get("retired_name")
+        if retired:
+            return f"'{live}' is the old collection again; the migrated one is '{new}' again"
+        return (f"the migrated collection is '{new}' again; no collection was called '{live}' "
+                "before the cutover, so none is now")
+    if engine == "postgres":
+        live, migrated, retired = record["live"], record["migrated"], record.get("retired")
+        if retired:
+            return f"table '{live}' is the old table again; the migrated one is '{migrated}' again"
+        return (f"the migrated table is '{migrated}' again; no table was called '{live}' before "
+                "the cutover, so none is now")
+    return f"the cutover recorded as {json.dumps(record, default=str)} is undone"
 
 
 def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = False,
@@ -764,7 +890,7 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
             done["dropped"].append(parse_uri(plan.target.uri).collection)
             state.update(stage="trained" if state.reached("trained") else state.stage,
                          apply_started=False, creating_target=False, cursor=None, parts=None,
-                         missing_copied=None,
+                         missing_copied=None, catch_up=None,
                          written=0, id_hash=0)
         if clear_cache:
             shutil.rmtree(plan.state_dir / "cache", ignore_errors=True)

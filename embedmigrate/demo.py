@@ -55,7 +55,11 @@ def run_demo(workdir, *, engine: str = "chroma", to_model: str = "minilm", from_
 
     echo("[5/6] apply: rewrite into the target, verify, gate")
     applied = commands.apply(plan_path, progress=progress)
-    echo(f"[6/6] cutover: {applied.get('cutover')}; verdict {applied['verdict']}")
+    if applied.get("cutover") == "done":
+        echo(f"[6/6] cutover: done; verdict {applied['verdict']}")
+    else:  # apply's own hint names its --force, which demo does not take: name the real command
+        echo(f"[6/6] cutover: not done, the quality gate said {applied['verdict']}; to cut over "
+             f"anyway: embedmigrate apply {plan_path} --force")
     return {"workdir": str(workdir), "source": source_uri, "plan": plan_path,
             "report": str(applied["report"].get("html") or paths.get("html")),
             "dry_run_verdict": report.verdict, "verdict": applied["verdict"],

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,8 +31,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wordnet"
 
 # harness fixture names, one per engine variant (defined in tests/harness_*.py)
 HARNESSES = [
@@ -75,3 +72,38 @@ def make_points(n: int, dim: int, seed: int = 0, *, normalise: bool = True, int_
     payloads = [{"title": f"entry {i}", "n": i, "tags": ["a", "b", "c"][: 1 + i % 3], "score": i / 7,
                  "text": f"the text of entry {i}"} for i in range(n)]
     return ids, vectors.astype(np.float32), payloads
+
+
+class WordNetVectors:
+    """The WordNet sample that ships with embedmigrate (3,000 documents, 600 queries with
+    the id of their relevant document), encoded with packaged models at test time, each
+    model once per session. ``docs(model)`` / ``queries(model)`` are float32 rows in the
+    files' order; ``doc_ids`` / ``query_doc_ids`` label them."""
+
+    def __init__(self):
+        from embedmigrate.demo_data import load_wordnet_sample
+        docs, queries = load_wordnet_sample()
+        self.doc_ids = [d["id"] for d in docs]
+        self.query_doc_ids = [q["doc_id"] for q in queries]
+        self._texts = {"docs": [d["text"] for d in docs], "queries": [q["text"] for q in queries]}
+        self._vectors: dict = {}
+
+    def docs(self, model: str) -> np.ndarray:
+        return self._encoded(model, "docs")
+
+    def queries(self, model: str) -> np.ndarray:
+        return self._encoded(model, "queries")
+
+    def _encoded(self, model: str, what: str) -> np.ndarray:
+        if (model, what) not in self._vectors:
+            from embedmigrate.encoders import open_encoder
+            kind = "query" if what == "queries" else "passage"
+            self._vectors[model, what] = open_encoder(model).encode(self._texts[what], kind=kind)
+        return self._vectors[model, what]
+
+
+@pytest.fixture(scope="session")
+def wordnet_vectors():
+    """The shipped WordNet sample, encoded on demand (MiniLM: ~30 s for all 3,600 texts on
+    an idle 2-core machine; wordllama: ~1 s)."""
+    return WordNetVectors()

@@ -146,12 +146,13 @@ class Job:
         return int(self.state.get("written") or 0)
 
 
-def make_points(n: int, dim: int, seed: int):
-    """Unit vectors with varied payloads (str, int, float, list, bool) and documents."""
+def make_points(n: int, dim: int, seed: int, ids: list | None = None):
+    """Unit vectors with varied payloads (str, int, float, list, bool) and documents;
+    ids 1..n unless given."""
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = list(range(1, n + 1))
+    ids = list(range(1, n + 1)) if ids is None else list(ids)
     payloads = [{"title": f"entry {i} — ünïcode", "n": i, "score": i / 7,
                  "tags": ["a", "b", "c"][: 1 + i % 3], "flag": i % 2 == 0} for i in ids]
     documents = [f"the text of entry {i}" for i in ids]
@@ -159,11 +160,12 @@ def make_points(n: int, dim: int, seed: int):
 
 
 def make_job(tmp_path: Path, harness, source: str, *, n: int = 3000, dim: int = 32, new_dim: int = 48,
-             batch_size: int = 50, seed: int = 0) -> Job:
-    """A source collection of ``n`` points on ``harness``, a plan to migrate it to
-    ``<source>_new`` and a ridge translator fitted on exact pairs, at stage "trained"."""
+             batch_size: int = 50, seed: int = 0, ids: list | None = None) -> Job:
+    """A source collection of ``n`` points on ``harness`` (ids 1..n unless given), a plan
+    to migrate it to ``<source>_new`` and a ridge translator fitted on exact pairs, at
+    stage "trained"."""
     from test_workflow import write_manual_plan
-    ids, vectors, payloads, documents = make_points(n, dim, seed)
+    ids, vectors, payloads, documents = make_points(n, dim, seed, ids)
     if harness.engine == "chroma":
         harness.populate(source, ids, vectors, payloads, documents=documents)
     else:
@@ -178,6 +180,45 @@ def make_job(tmp_path: Path, harness, source: str, *, n: int = 3000, dim: int = 
     state_dir = Path(plan).with_name("plan.state")
     JobState(state_dir).update(stage="trained")
     return Job(Path(plan), state_dir, src_uri, dst_uri, Translator.load(tmp_path / "ckpt"), n)
+
+
+def add_points(harness, collection: str, ids: list, dim: int, seed: int) -> None:
+    """Insert points into an existing source with the engine's own client (the
+    application writing while the migration runs)."""
+    ids, vectors, payloads, documents = make_points(len(ids), dim, seed, ids)
+    if harness.engine == "chroma":
+        col = harness.client().get_collection(collection, embedding_function=None)
+        for s in range(0, len(ids), 1000):
+            col.add(ids=[str(i) for i in ids[s:s + 1000]], embeddings=vectors[s:s + 1000],
+                    metadatas=payloads[s:s + 1000], documents=documents[s:s + 1000])
+        return
+    from pgvector.psycopg import register_vector
+    from psycopg import sql
+    fields = list(payloads[0])
+    with harness.connect() as conn:
+        register_vector(conn)
+        with conn.cursor() as cur:
+            cur.executemany(sql.SQL("INSERT INTO {} (id, embedding, {}) VALUES (%s, %s, {})").format(
+                sql.Identifier(collection), sql.SQL(", ").join(map(sql.Identifier, fields)),
+                sql.SQL(", ").join([sql.Placeholder()] * len(fields))),
+                [(i, v, *(p[f] for f in fields)) for i, v, p in zip(ids, vectors, payloads)])
+
+
+def wait_for_count(uri: str, proc: subprocess.Popen, at_least: int, timeout: float = 180) -> int:
+    """Poll the collection's count (read by another client) until it reaches ``at_least``."""
+    from embedmigrate.connectors import open_collection
+    deadline = time.monotonic() + timeout
+    with open_collection(uri) as conn:
+        while time.monotonic() < deadline:
+            count = conn.count()
+            if count >= at_least:
+                return count
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"the run ended (exit {proc.returncode}) with {count} points "
+                                     f"in the target, before {at_least}: {out[-1000:]} {err[-2000:]}")
+            time.sleep(0.02)
+    raise AssertionError(f"the target stayed below {at_least} points for {timeout} s")
 
 
 # --- embedmigrate as a child process -------------------------------------------------------

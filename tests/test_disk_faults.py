@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -93,8 +94,25 @@ def test_full_disk_while_writing_the_report(job):
     assert_untouched(job, before, reports)  # the previous report set, whole
 
 
+def nobody_cannot_run_the_cli() -> str | None:
+    """Why user nobody cannot start ``embedmigrate`` with this interpreter, or None if
+    it can. A virtualenv's python is often a link into a private home (pyenv under
+    /root): nobody may not even execute it, which no file mode of the job can change."""
+    try:
+        proc = finish(start_cli("--version", as_user=NOBODY))
+    except OSError as e:  # the exec itself was refused
+        return f"{sys.executable} is out of reach of user nobody ({e.strerror})"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return f"user nobody cannot run embedmigrate with {sys.executable}: {last}"
+    return None
+
+
 @pytest.mark.skipif(not can_switch_user(), reason="needs root to run a command as nobody")
 def test_permission_denied(job, tmp_path):
+    unreachable = nobody_cannot_run_the_cli()
+    if unreachable:
+        pytest.skip(unreachable)
     before, reports = digest(job["ckpt"]), digest(job["reports"])
     closed = Path(tempfile.mkdtemp(prefix="embedmigrate-root-only-"))  # 0700, owned by root
     home = Path(tempfile.mkdtemp(prefix="embedmigrate-nobody-home-"))

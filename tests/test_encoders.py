@@ -22,7 +22,17 @@ from embedmigrate.errors import (DataError, EmbedMigrateError, MissingDependency
                                  UnavailableError, UsageError)
 from embedmigrate.texts import load_texts, read_texts
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wordnet"
+# the team's WordNet benchmark vectors of the first documents of the shipped sample
+# (16 MiniLM, 4 MPNet rows, float16): what the encoders must reproduce
+REFERENCE = Path(__file__).resolve().parent / "data" / "wordnet_reference_vectors.npz"
+
+
+def reference_vectors(model: str) -> tuple[list[str], np.ndarray]:
+    """(texts, benchmark vectors) for the first documents of the shipped WordNet sample."""
+    with np.load(REFERENCE) as ref:
+        ids, vectors = ref["ids"].tolist(), ref[model].astype(np.float32)
+    by_id = {d["id"]: d["text"] for d in load_wordnet_sample()[0]}
+    return [by_id[i] for i in ids[:len(vectors)]], vectors
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["A cat sat on the mat.", "The kitten slept on a rug.", "Interest rates rose sharply this quarter.",
          "Central banks tightened monetary policy.", ""]
@@ -65,11 +75,8 @@ def test_packaged_model_dims_normalised_deterministic_and_semantic(models, spec,
 
 
 def test_minilm_matches_the_benchmark_vectors(models):
-    if not (SHARED / "docs.minilm.f16.npy").exists():
-        pytest.skip("shared WordNet benchmark set not present")
-    with open(SHARED / "docs.jsonl") as handle:
-        docs = [json.loads(next(handle))["text"] for _ in range(16)]
-    reference = np.load(SHARED / "docs.minilm.f16.npy", mmap_mode="r")[:16].astype(np.float32)
+    docs, reference = reference_vectors("minilm")
+    assert len(docs) == 16
     cosines = (models("minilm").encode(docs) * reference).sum(axis=1)
     assert cosines.min() > 0.999, cosines
 
@@ -137,11 +144,8 @@ def test_mpnet_unpacks_once_under_a_race_and_matches_the_benchmark(tmp_path):
         del os.environ["EMBEDMIGRATE_CACHE"]
     print(f"mpnet: unpack {unpack_s:.1f} s (2 racing processes), load+encode 4 texts {load_s:.1f} s")
     assert mpnet.dim == 768 and vectors.shape == (4, 768)
-    if (SHARED / "docs.mpnet.f16.npy").exists():
-        with open(SHARED / "docs.jsonl") as handle:
-            docs = [json.loads(next(handle))["text"] for _ in range(4)]
-        reference = np.load(SHARED / "docs.mpnet.f16.npy", mmap_mode="r")[:4].astype(np.float32)
-        assert (mpnet.encode(docs) * reference).sum(axis=1).min() > 0.999
+    docs, reference = reference_vectors("mpnet")
+    assert (mpnet.encode(docs) * reference).sum(axis=1).min() > 0.999
 
 
 # --- the HTTP encoder against a real server -----------------------------------------------

@@ -26,8 +26,8 @@ import pytest
 from embedmigrate.connectors import open_collection
 from embedmigrate.errors import ConflictError, ExitCode, UnavailableError, UsageError
 from embedmigrate.state import RunLock
-from fault_helpers import (RestartablePostgres, assert_migrated_exactly, collection_digest, finish,
-                           kill9, make_job, make_points, start_cli, wait_until)
+from fault_helpers import (RestartablePostgres, add_points, assert_migrated_exactly, collection_digest,
+                           finish, kill9, make_job, make_points, start_cli, wait_for_count, wait_until)
 from harness_chroma import ChromaHarness, ChromaServer
 
 N = 2400
@@ -331,6 +331,103 @@ def test_kill9_at_random_points_then_resume(engine_name, seed, request, tmp_path
     digest = getattr(kill_engine, "digest", lambda uri: collection_digest(open_collection(uri)))
     assert_migrated_exactly(digest(job.source_uri), digest(job.target_uri), job.translator,
                             normalised=not kill_engine.exact_vectors)
+
+
+# --- kill -9 during a catch-up ---------------------------------------------------------------
+
+@pytest.mark.parametrize("engine_name,seed", [("chroma_server_harness", 1), ("postgres_tcp_harness", 1),
+                                              ("postgres_tcp_harness", 2)])
+def test_kill9_during_catch_up_then_runs_finish_exactly(engine_name, seed, request, tmp_path,
+                                                        fresh_name):
+    """The source grows by twice its size after the rewrite, with ids that sort among
+    the copied ones; ``run`` is killed with SIGKILL while it catches up; the next
+    ``run`` finishes the catch-up: exactly the source's points, each translated once,
+    the job's count and id checksum right (before the fix the checksum stayed wrong
+    and every later run said FAIL)."""
+    harness = request.getfixturevalue(engine_name)
+    rng = random.Random(seed)
+    n, added = 1500, 3000
+    name = fresh_name(f"catchup{seed}")
+    # ids 10, 20, ... 15000; the added ones 13, 17, 23, 27, ... fall between them
+    job = make_job(tmp_path, harness, name, n=n, batch_size=BATCH, seed=seed,
+                   ids=range(10, 10 * n + 1, 10))
+    code, out, err = finish(start_cli("apply", job.plan, "--no-cutover", "--json"))
+    assert code in VERDICT_CODES, err
+    assert job.written() == n
+    new_ids = sorted(k + d for k in range(10, 10 * n + 1, 10) for d in (3, 7))
+    add_points(harness, name, new_ids, dim=32, seed=seed + 10)
+
+    proc = start_cli("run", job.plan, "--json")
+    wait_for_count(job.target_uri, proc, n + rng.randrange(1, 2 * added // 3))
+    kill9(proc)
+    assert open_collection(job.target_uri).count() < n + added, "the kill must land mid-catch-up"
+
+    code, out, err = finish(start_cli("run", job.plan, "--json"))
+    result = json.loads(out)
+    assert code == {"PASS": ExitCode.OK, "WARN": ExitCode.WARN, "FAIL": ExitCode.FAIL}[result["verdict"]]
+    assert result["step"] == "verify" and result["ids_match"], result
+    assert (result["source_count"], result["target_count"]) == (n + added, n + added)
+    assert job.written() == n + added
+    assert "catch_up" not in job.state or job.state["catch_up"] is None
+    assert_migrated_exactly(collection_digest(open_collection(job.source_uri)),
+                            collection_digest(open_collection(job.target_uri)), job.translator,
+                            normalised=not harness.exact_vectors)
+    # and the job goes on: a further run finds nothing to copy (verify or cut over)
+    code, out, err = finish(start_cli("run", job.plan, "--json"))
+    assert code in VERDICT_CODES, err
+    assert json.loads(out).get("caught_up", 0) == 0
+
+
+def test_unaccounted_points_in_the_target_are_rechecked(postgres_tcp_harness, tmp_path, fresh_name):
+    """What a catch-up killed before it saved leaves behind: the target holds points the
+    job's id checksum does not count, with source and target counts equal. The next
+    ``run`` must compare ids because the checksum differs (counts alone say nothing is
+    missing) and set the checksum from what the target really holds. (PostgreSQL: ids
+    added among the copied ones are out of reach of the parts' cursors.)"""
+    from embedmigrate import commands
+    harness = postgres_tcp_harness
+    name = fresh_name("unaccounted")
+    job = make_job(tmp_path, harness, name, n=600, batch_size=BATCH, ids=range(10, 6001, 10))
+    commands.apply(job.plan, cutover=False, progress=False)
+    extra = list(range(15, 2001, 10))
+    add_points(harness, name, extra, dim=32, seed=7)
+    with open_collection(job.source_uri) as src, open_collection(job.target_uri) as dst:
+        # written by a run that died before it could record them
+        got = src.fetch(extra)
+        dst.write(got.replace_vectors(job.translator.translate(got.vectors)))
+    result = commands.run(job.plan)
+    assert result["ids_match"], result
+    assert job.written() == 600 + len(extra)
+    assert_migrated_exactly(collection_digest(open_collection(job.source_uri)),
+                            collection_digest(open_collection(job.target_uri)), job.translator,
+                            normalised=not harness.exact_vectors)
+
+
+# --- run's exit code is verify's verdict ----------------------------------------------------
+
+@pytest.mark.parametrize("outcome", ["FAIL", "WARN"])
+def test_run_exits_with_the_verdict(outcome, pg, tmp_path, fresh_name):
+    """A cron job must see a migration that cannot go on: ``run`` exits 1 when verify
+    says FAIL (here: rows deleted from the source after they were copied, so the
+    counts differ) and 3 when it says WARN (here: a WARN line no translation meets),
+    as docs/scheduling.md says; 0 for the steps that succeeded."""
+    from embedmigrate.plan import load_plan
+    name = fresh_name(f"exit{outcome.lower()}")
+    job = make_job(tmp_path, pg.harness, name, n=300, batch_size=BATCH)
+    if outcome == "WARN":
+        plan = load_plan(job.plan)
+        plan.gate.thresholds = {"min_neighbourhood_overlap": 0.0, "warn_neighbourhood_overlap": 1.0,
+                                "max_cycle_error": 1.0, "warn_cycle_error": 0.0}
+        plan.write(job.plan)
+    code, out, err = finish(start_cli("run", job.plan, "--json"))
+    assert (code, json.loads(out)["step"]) == (ExitCode.OK, "apply"), err
+    if outcome == "FAIL":
+        with pg.harness.connect() as conn:
+            conn.execute(f'DELETE FROM "{name}" WHERE id <= 5')
+    code, out, err = finish(start_cli("run", job.plan, "--json"))
+    result = json.loads(out)
+    assert (result["step"], result["verdict"]) == ("verify", outcome), result
+    assert code == {"FAIL": ExitCode.FAIL, "WARN": ExitCode.WARN}[outcome], (code, err)
 
 
 # --- the job lock ---------------------------------------------------------------------------

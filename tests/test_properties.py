@@ -613,7 +613,11 @@ def batches(draw, engine: str):
         if not clean:
             document = st.one_of(document, nasty_text, st.integers())
         documents = draw(st.lists(document, min_size=n, max_size=n))
-    return Batch(ids, draw(vectors(n, good=broken != "vectors")), payloads, documents)
+    batch = Batch(ids, draw(vectors(n, good=broken != "vectors")), payloads, documents)
+    # nothing broken (or the break had no point to land on): the writer must take it
+    no_effect = (broken == "id" and n == 0) or (broken == "duplicate" and n < 2)
+    batch.must_write = broken == "nothing" or no_effect
+    return batch
 
 
 class Target:
@@ -715,14 +719,18 @@ def count(outcome: str) -> None:
         event(outcome)
 
 
-def check_write(target: Target, batch: Batch) -> None:
-    """The batch property: refused with nothing written, or read back exactly."""
+def check_write(target: Target, batch: Batch, must_write: bool | None = None) -> None:
+    """The batch property: refused with nothing written, or read back exactly. A valid
+    batch (``must_write``, else what ``batches`` drew it as) must not be refused."""
+    if must_write is None:
+        must_write = getattr(batch, "must_write", False)
     before = target.snapshot()
     try:
         target.conn.write(batch)
     except EmbedMigrateError as e:
         count(f"refused: {type(e).__name__}")
         one_line(e)
+        assert not must_write, f"a valid batch was refused: {e}"
         assert same_json(target.snapshot(), before), "a refused batch changed the collection"
         return
     count(f"written ({'empty' if not len(batch.ids) else 'points'})")
@@ -826,8 +834,8 @@ def test_rewriting_a_point_replaces_all_of_it(engine_target, request):
     else:
         second = {"title": "new"}
     documents = (["old document"], [None]) if engine == "chroma" else (None, None)
-    check_write(target, Batch([39], ONE, [first], documents[0]))
-    check_write(target, Batch([39], [[0.4, 0.3, 0.2, 0.1]], [second], documents[1]))
+    check_write(target, Batch([39], ONE, [first], documents[0]), must_write=True)
+    check_write(target, Batch([39], [[0.4, 0.3, 0.2, 0.1]], [second], documents[1]), must_write=True)
 
 
 @pytest.mark.parametrize("method", ["identity", "procrustes", "ridge"])
@@ -846,4 +854,4 @@ def test_zero_vectors_survive_the_rewrite(method, qdrant_target, chroma_target, 
     assert np.isfinite(translated).all()
     for target in (qdrant_target, chroma_target, postgres_target):
         payloads = [pg_row(), pg_row()] if target.engine == "postgres" else [{}, {}]
-        check_write(target, Batch([37, 38], translated, payloads))
+        check_write(target, Batch([37, 38], translated, payloads), must_write=True)
