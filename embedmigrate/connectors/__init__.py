@@ -19,6 +19,8 @@ from .uri import CollectionURI, parse_uri
 # engine -> (module, class, pip extra, the third-party module it needs)
 REGISTRY = {
     "qdrant": ("embedmigrate.connectors.qdrant", "QdrantConnector", "qdrant", "qdrant_client"),
+    "qdrant-edge": ("embedmigrate.connectors.qdrant_edge", "QdrantEdgeConnector", "qdrant-edge",
+                    "qdrant_edge"),
     "chroma": ("embedmigrate.connectors.chroma", "ChromaConnector", "chroma", "chromadb"),
     "postgres": ("embedmigrate.connectors.postgres", "PostgresConnector", "postgres", "psycopg"),
 }

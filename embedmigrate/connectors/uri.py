@@ -22,6 +22,7 @@ from ..errors import UsageError
 
 SCHEMES = {
     "qdrant": "qdrant", "qdrants": "qdrant", "qdrant+local": "qdrant", "qdrant+memory": "qdrant",
+    "qdrant+edge": "qdrant-edge",
     "chroma": "chroma", "chroma+http": "chroma", "chroma+https": "chroma",
     "postgresql": "postgres", "postgres": "postgres", "postgresql+psycopg": "postgres",
 }
@@ -97,7 +98,7 @@ def parse_uri(uri: str) -> CollectionURI:
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if engine == "postgres":
         parsed = _parse_postgres(uri, scheme, parts, options)
-    elif scheme in ("qdrant+local", "qdrant+memory", "chroma"):
+    elif scheme in ("qdrant+local", "qdrant+memory", "qdrant+edge", "chroma"):
         parsed = _parse_local(uri, scheme, engine, parts, options)
     else:
         parsed = _parse_server(uri, scheme, engine, parts, options)
