@@ -38,7 +38,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 import warnings
 from typing import Iterator, Sequence
 
@@ -246,6 +245,21 @@ def _dump(model) -> dict | None:
 
 class QdrantConnector(Connector):
     engine = "qdrant"
+    embedded_schemes = ("qdrant+local", "qdrant+memory")
+
+    @classmethod
+    def default_live_name(cls, uri: CollectionURI, info: CollectionInfo) -> str:
+        # a Qdrant source reached through an alias is switched by that alias;
+        # a bare collection needs an alias for the application to follow
+        return uri.collection if info.settings.get("alias") else f"{uri.collection}_live"
+
+    @classmethod
+    def cutover_description(cls, live: str, target: str) -> str:
+        return f"atomic alias switch: alias '{live}' -> collection '{target}'"
+
+    @classmethod
+    def retired_collection(cls, record: dict) -> str | None:
+        return record.get("previous")  # the collection the alias named before
 
     def __init__(self, uri: CollectionURI):
         super().__init__(uri)
@@ -304,8 +318,8 @@ class QdrantConnector(Connector):
         """One client call: bounded retries with backoff on transport errors,
         engine errors mapped to errors the user can act on."""
         client = self._connect(create=method == "create_collection")
-        delays = [] if self.embedded else retry_delays(self.retries, base=self.retry_delay, cap=4.0)
-        for attempt in range(len(delays) + 1):
+
+        def once():
             try:
                 with self._lock:
                     return getattr(client, method)(*args, **kwargs)
@@ -315,17 +329,23 @@ class QdrantConnector(Connector):
                     raise UsageError(f"TLS connection to Qdrant at {self.uri.redacted()} failed: "
                                      f"{tls}", "check ?sslrootcert= (the CA that signed the "
                                      "server's certificate) and the host name in the URI") from None
-                if not _is_transient(e):
-                    if not _is_engine_error(e):
-                        raise  # our own errors and bugs pass through unchanged
+                if not _is_transient(e) and _is_engine_error(e):
                     raise self._user_error(e) from None
-                if attempt == len(delays):
-                    raise UnavailableError(
-                        f"Qdrant at {self.uri.redacted()} did not answer after {attempt + 1} "
-                        f"attempts ({self._reason(e)})",
-                        "check that the server runs and the host and port are right (REST 6333, "
-                        "gRPC 6334), or raise ?timeout=SECONDS / ?retries=N") from None
-                time.sleep(delays[attempt])
+                raise  # transient (retried), or our own errors and bugs, unchanged
+        return self.retrying(once, method)
+
+    def is_transient(self, error: Exception) -> bool:
+        return _is_transient(error)
+
+    def backoff(self) -> list[float]:
+        return [] if self.embedded else retry_delays(self.retries, base=self.retry_delay, cap=4.0)
+
+    def unavailable(self, error: Exception, attempts: int, what: str) -> Exception:
+        return UnavailableError(
+            f"Qdrant at {self.uri.redacted()} did not answer after {attempts} "
+            f"attempts ({self._reason(error)})",
+            "check that the server runs and the host and port are right (REST 6333, "
+            "gRPC 6334), or raise ?timeout=SECONDS / ?retries=N")
 
     def _reason(self, e: Exception) -> str:
         source = getattr(e, "source", e)

@@ -211,8 +211,24 @@ def next_offset(last_id):
 
 class QdrantEdgeConnector(Connector):
     engine = "qdrant-edge"
+    embedded_schemes = ("qdrant+edge",)  # a shard opens in one process at a time
     # scroll starts at an id through the id tracker: one more part costs one short page
     cheap_parts = True
+
+    @classmethod
+    def default_live_name(cls, uri: CollectionURI, info: CollectionInfo) -> str:
+        # a source reached through a live-name link is switched by that link;
+        # a bare shard needs a link for the application to load
+        return uri.collection if info.settings.get("alias") else f"{uri.collection}_live"
+
+    @classmethod
+    def cutover_description(cls, live: str, target: str) -> str:
+        return (f"atomic link switch: symbolic link '{live}' -> shard directory '{target}' "
+                "(os.replace); the application loads the link")
+
+    @classmethod
+    def retired_collection(cls, record: dict) -> str | None:
+        return record.get("previous")  # the shard the link named before
 
     def __init__(self, uri: CollectionURI):
         super().__init__(uri)
