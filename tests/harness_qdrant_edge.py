@@ -4,8 +4,8 @@
 reading is tested independently of our writer. A shard can be open in only ONE
 ``EdgeShard`` at a time, so the harness opens it through the connector's
 process-wide cache (``embedmigrate.connectors.qdrant_edge.shared_shard``) while
-still calling Edge's own API on it; ``release`` closes it so that another process
-(an ``embedmigrate`` child) can load the store.
+still calling Edge's own API on it, and closes it when done, so that another
+process (an ``embedmigrate apply`` child in the kill tests) can load it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class QdrantEdgeHarness:
         vectors = np.asarray(vectors, dtype=np.float32)
         params = edge.EdgeVectorParams(size=dim or vectors.shape[1], distance=DISTANCES[metric])
         config = edge.EdgeConfig(vectors={vector_name: params} if vector_name else params)
-        shard, lock = shared_shard(os.path.join(self.store, collection), create_with=config)
+        path = os.path.join(self.store, collection)
+        shard, lock = shared_shard(path, create_with=config)
         with lock:
             for start in range(0, len(ids), 2_000):
                 rows = vectors[start:start + 2_000].tolist()
@@ -52,16 +53,13 @@ class QdrantEdgeHarness:
                     for i, v, p in zip(ids[start:start + 2_000], rows,
                                        payloads[start:start + 2_000])]))
             shard.flush()
+        close_shared_shard(path)  # a connector of this process loads it again when asked
 
     def serve(self, collection: str) -> str:
         """A live-name link to ``collection``: what an application loads."""
         live = f"{collection}_live"
         os.symlink(collection, os.path.join(self.store, live))
         return live
-
-    def release(self, collection: str) -> None:
-        """Close this process's handle on a shard (so another process may load it)."""
-        close_shared_shard(os.path.join(self.store, collection))
 
     def unreachable_uri(self) -> str | None:
         return None  # in-process: there is no host to be unreachable
