@@ -76,6 +76,8 @@ class Engine:
     def _start(self) -> str:
         if self.name == "qdrant-local":
             return f"qdrant+local://{self.root}/qdrant"
+        if self.name == "qdrant-edge":  # shards are directories of one store directory
+            return f"qdrant+edge://{self.root}/edge"
         if self.name == "chroma":
             return f"chroma://{self.root}/chroma"
         if self.name == "chroma-server":
@@ -351,8 +353,8 @@ def drop(uri: str) -> None:
 
 
 def _in_child(call: str) -> None:
-    """Store work in its own process: a Qdrant path= store opens in one process at a time,
-    and this process must not hold it while apply runs."""
+    """Store work in its own process: a Qdrant path= store (and a Qdrant Edge shard) opens
+    in one process at a time, and this process must not hold it while apply runs."""
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
                     f"from benchmarks.apply_memory import *; {call}"], check=True)
 

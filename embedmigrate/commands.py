@@ -162,18 +162,13 @@ def _choose_text_field(info, requested: str | None) -> str | None:
 
 
 def _default_live_name(uri, info) -> str:
-    if uri.engine == "qdrant":
-        # a Qdrant source reached through an alias is switched by that alias;
-        # a bare collection needs an alias for the application to follow
-        return uri.collection if info.settings.get("alias") else f"{uri.collection}_live"
-    return uri.collection
+    from .connectors import connector_class
+    return connector_class(uri.engine).default_live_name(uri, info)
 
 
 def _cutover_description(engine: str, live: str, target: str) -> str:
-    return {"qdrant": f"atomic alias switch: alias '{live}' -> collection '{target}'",
-            "chroma": f"rename: '{live}' -> '{live}__pre_<time>', then '{target}' -> '{live}'",
-            "postgres": f"one transaction: ALTER TABLE {live} RENAME TO {live}__pre_<time>; "
-                        f"ALTER TABLE {target} RENAME TO {live}"}[engine]
+    from .connectors import connector_class
+    return connector_class(engine).cutover_description(live, target)
 
 
 def _slug(spec: str) -> str:
@@ -878,7 +873,8 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
                 raise UsageError("the old collection is still live (no cutover yet)",
                                  "cut over first (embedmigrate apply); the source is never dropped before")
             # the collection that served before the cutover (each engine's record names it)
-            retired = record.get("retired") or record.get("retired_name") or record.get("previous")
+            from .connectors import connector_class
+            retired = connector_class(parse_uri(plan.source.uri).engine).retired_collection(record)
             if retired:
                 open_collection(parse_uri(plan.source.uri).with_collection(retired)).drop()
                 done["dropped"].append(retired)

@@ -275,10 +275,10 @@ def make_executor(kind: str, workers: int, address: str = ""):
 
 def check_ray_reachable(*uris) -> None:
     """Embedded stores live in this process's files: Ray workers cannot open them."""
-    from .connectors import parse_uri
+    from .connectors import connector_class, parse_uri
     for uri in uris:
         u = parse_uri(uri)
-        if u.scheme in ("qdrant+local", "qdrant+memory", "chroma"):
+        if not connector_class(u.engine).reachable_from_other_processes(u):
             raise UsageError(f"'{u.redacted()}' is an embedded store that Ray workers cannot open",
                              "use executor \"local\" with workers = N (threads), or a Qdrant, "
                              "Chroma or PostgreSQL server")

@@ -34,7 +34,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 # harness fixture names, one per engine variant (defined in tests/harness_*.py)
 HARNESSES = [
-    "qdrant_memory_harness", "qdrant_local_harness",
+    "qdrant_memory_harness", "qdrant_local_harness", "qdrant_edge_harness",
     "chroma_embedded_harness", "chroma_server_harness",
     "postgres_socket_harness", "postgres_tcp_harness",
 ]
@@ -42,6 +42,7 @@ HARNESSES = [
 from harness_chroma import *  # noqa: E402,F401,F403
 from harness_postgres import *  # noqa: E402,F401,F403
 from harness_qdrant import *  # noqa: E402,F401,F403
+from harness_qdrant_edge import *  # noqa: E402,F401,F403
 
 
 @pytest.fixture(params=HARNESSES)

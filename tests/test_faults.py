@@ -293,7 +293,7 @@ class _QdrantLocalStore:
 # three seeds on both servers; Qdrant local mode once (each case costs ~10 s here)
 @pytest.mark.parametrize("engine_name,seed", [
     *[(name, seed) for name in ("chroma_server_harness", "postgres_tcp_harness") for seed in (1, 2, 3)],
-    ("qdrant_local", 1)])
+    ("qdrant_local", 1), ("qdrant_edge_harness", 1)])
 def test_kill9_at_random_points_then_resume(engine_name, seed, request, tmp_path, fresh_name):
     """SIGKILL apply at moments chosen by the seed (a batch count, or a delay after the
     first progress of a resumed run), once or twice; then the scheduler's ``run``

@@ -1,6 +1,7 @@
 """Qdrant-specific behaviour the conformance suite cannot express: named vectors,
 UUID ids, aliases, payload indexes and HNSW settings, request splitting, the
-on-disk store, and a real server (testcontainers; skips without Docker)."""
+on-disk store, a real server (testcontainers; skips without Docker), and Qdrant
+Edge's live-name link cutover."""
 
 from __future__ import annotations
 
@@ -376,3 +377,80 @@ def test_server_create_like_copies_settings(qdrant_server_harness, fresh_name):
     assert (got.config.hnsw_config.m, got.config.hnsw_config.ef_construct) == (32, 200)
     assert got.payload_schema["title"].data_type == models.PayloadSchemaType.KEYWORD
     assert got.config.params.vectors.size == 16
+
+
+# --- Qdrant Edge: a live-name link instead of an alias ------------------------------------
+
+def _edge_job(edge, fresh_name, dim_new=24):
+    """A source shard served through a live-name link, and a filled target beside it."""
+    from embedmigrate.connectors import open_collection
+    ids, vectors, payloads = make_points(200, 16, seed=11)
+    src, dst = fresh_name("esrc"), fresh_name("edst")
+    edge.populate(src, ids, vectors, payloads)
+    live = edge.serve(src)
+    target = open_collection(edge.uri(dst))
+    target.create_like(open_collection(edge.uri(live)).describe(), dim=dim_new)
+    rng = np.random.default_rng(0)
+    for batch, _ in open_collection(edge.uri(src)).scan(64):
+        target.write(batch.replace_vectors(rng.normal(size=(len(batch), dim_new)).astype(np.float32)))
+    target.finish_write()
+    return src, dst, live, target
+
+
+def _load_as_an_application(edge, name):
+    """What an application does: EdgeShard.load on the live name's path (after this
+    process's connectors let go of the shards)."""
+    import os
+
+    import qdrant_edge
+    from embedmigrate.connectors.qdrant_edge import close_shared_shards
+    close_shared_shards()
+    shard = qdrant_edge.EdgeShard.load(os.path.join(edge.store, name))
+    try:
+        config = json.loads(open(os.path.join(edge.store, name, "edge_config.json")).read())
+        return shard.count(qdrant_edge.CountRequest(exact=True)), config["vectors"][""]["size"]
+    finally:
+        shard.close()
+
+
+def test_edge_cutover_switches_the_link_an_application_loads(qdrant_edge_harness, fresh_name):
+    import os
+    edge = qdrant_edge_harness
+    src, dst, live, target = _edge_job(edge, fresh_name)
+    assert open_collection(edge.uri(live)).describe().settings["alias"] == live
+    record = json.loads(json.dumps(target.cutover(live)))
+    assert record["previous"] == src and record["collection"] == dst
+    assert os.readlink(os.path.join(edge.store, live)) == dst  # relative: the store may move
+    assert _load_as_an_application(edge, live) == (200, 24)
+    target.rollback(record)
+    assert _load_as_an_application(edge, live) == (200, 16)
+    target.rollback(record)  # a second rollback changes nothing
+    assert os.readlink(os.path.join(edge.store, live)) == src
+    assert not [n for n in os.listdir(edge.store) if n.endswith(".tmp")]  # no stray links
+
+
+def test_edge_cutover_refuses_a_shard_directory_as_live_name(qdrant_edge_harness, fresh_name):
+    edge = qdrant_edge_harness
+    src, dst, live, target = _edge_job(edge, fresh_name)
+    with pytest.raises(ConflictError) as e:
+        target.cutover(src)  # a real shard: it cannot be switched atomically
+    assert "ln -s" in e.value.fix
+    assert open_collection(edge.uri(src)).describe().dim == 16  # untouched
+
+
+def test_edge_refuses_to_drop_a_shard_a_live_name_links_to(qdrant_edge_harness, fresh_name):
+    edge = qdrant_edge_harness
+    src, dst, live, target = _edge_job(edge, fresh_name)
+    with pytest.raises(ConflictError):
+        open_collection(edge.uri(src)).drop()
+    with pytest.raises(UsageError):
+        open_collection(edge.uri(live)).drop()
+    assert open_collection(edge.uri(src)).count() == 200
+    target.drop()  # nothing links to the target yet
+    assert not open_collection(edge.uri(dst)).exists()
+
+
+def test_edge_shards_are_not_reachable_from_ray_workers(qdrant_edge_harness):
+    from embedmigrate.parallel import check_ray_reachable
+    with pytest.raises(UsageError):
+        check_ray_reachable(qdrant_edge_harness.uri("any"))

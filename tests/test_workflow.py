@@ -82,8 +82,8 @@ def read_by_id(uri):
 
 
 # one variant per engine, the closest to production (the conformance suite covers all six)
-@pytest.mark.parametrize("engine_name", ["qdrant_local_harness", "chroma_server_harness",
-                                         "postgres_tcp_harness"])
+@pytest.mark.parametrize("engine_name", ["qdrant_local_harness", "qdrant_edge_harness",
+                                         "chroma_server_harness", "postgres_tcp_harness"])
 def test_plan_train_apply_rollback(engine_name, request, corpus, tmp_path, fresh_name, monkeypatch):
     engine = request.getfixturevalue(engine_name)
     planned, src, live = make_plan(engine, corpus, tmp_path, fresh_name, monkeypatch)
@@ -155,7 +155,8 @@ def run_cli(*args, env=None, timeout=600):
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("engine_name", ["chroma_embedded_harness", "postgres_socket_harness"])
+@pytest.mark.parametrize("engine_name", ["chroma_embedded_harness", "postgres_socket_harness",
+                                         "qdrant_edge_harness"])
 def test_killed_apply_resumes_exactly(engine_name, request, tmp_path, fresh_name):
     """kill -9 in the middle of apply; the re-run ends with exactly the source's
     ids, each vector translated once, payloads identical."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UnavailableError, UsageError
 from .uri import CollectionURI
 
 METRICS = ("cosine", "dot", "l2")
@@ -86,10 +87,36 @@ class Connector(ABC):
     # Whether splitting the scan into many parts costs little. Apply makes more parts
     # than workers (so a resume may use any number of workers) only where it does.
     cheap_parts: bool = True
+    # URI schemes of stores that live in this process's memory or files: another
+    # process (a Ray worker) cannot open them
+    embedded_schemes: tuple[str, ...] = ()
 
     def __init__(self, uri: CollectionURI):
         self.uri = uri
         self.name = uri.collection
+
+    # --- what the engine's cutover means (asked before any connection) --------------------
+    @classmethod
+    def reachable_from_other_processes(cls, uri: CollectionURI) -> bool:
+        """Whether a worker in another process (Ray) can open the store ``uri`` names."""
+        return uri.scheme not in cls.embedded_schemes
+
+    @classmethod
+    def default_live_name(cls, uri: CollectionURI, info: CollectionInfo) -> str:
+        """The name the application queries, when the plan names none: by default the
+        source's own name (engines that rename at cutover)."""
+        return uri.collection
+
+    @classmethod
+    def cutover_description(cls, live: str, target: str) -> str:
+        """One line saying what ``cutover`` will do, for the plan's output."""
+        return f"'{live}' serves collection '{target}'"
+
+    @classmethod
+    def retired_collection(cls, record: dict) -> str | None:
+        """The collection that served before the cutover ``record`` describes (what
+        ``cleanup --drop-old`` deletes), or None if nothing did."""
+        return record.get("previous")
 
     # --- reading -------------------------------------------------------------
     @abstractmethod
@@ -176,6 +203,45 @@ class Connector(ABC):
     @abstractmethod
     def rollback(self, record: dict) -> None:
         """Undo ``cutover`` from its record: ``live_name`` serves the old collection again."""
+
+    # --- retries: one mechanism, each engine says what is transient -----------------------
+    def is_transient(self, error: Exception) -> bool:
+        """Whether ``error`` is a lost or refused connection that another attempt may
+        get past (a network failure, a server restarting). Engines override this;
+        nothing is transient for an embedded store."""
+        return False
+
+    def backoff(self) -> list[float]:
+        """The waits between attempts of a call (empty: a single attempt)."""
+        return []
+
+    def unavailable(self, error: Exception, attempts: int, what: str) -> Exception:
+        """The error raised once the retries are spent."""
+        return UnavailableError(f"{self.engine} at {self.uri.redacted()} did not answer after "
+                                f"{attempts} attempt(s) ({what}: {_first_line(error)})",
+                                "check that the store is up and the URI is right, then re-run")
+
+    def retrying(self, call, what: str = ""):
+        """``call()``, run again after each transient failure, with the waits of
+        ``backoff()``; other errors pass through unchanged. Only for calls that are
+        safe to repeat (reads, idempotent upserts, connecting)."""
+        failures = 0
+        while True:
+            try:
+                return call()
+            except Exception as e:  # noqa: BLE001 - is_transient decides
+                if not self.is_transient(e):
+                    raise
+                self.wait_to_retry(failures, e, what)
+                failures += 1
+
+    def wait_to_retry(self, failures: int, error: Exception, what: str = "") -> None:
+        """Back off before attempt ``failures + 2``, or give up with ``unavailable``
+        (for loops that cannot be one ``call``, e.g. a scan resuming from its cursor)."""
+        delays = self.backoff()
+        if failures >= len(delays):
+            raise self.unavailable(error, failures + 1, what) from None
+        time.sleep(delays[failures])
 
     def close(self) -> None:
         """Release connections (idempotent)."""

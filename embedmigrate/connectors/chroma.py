@@ -93,6 +93,15 @@ def check_name(name: str) -> str:
 
 class ChromaConnector(Connector):
     engine = "chroma"
+    embedded_schemes = ("chroma",)  # a PersistentClient's folder
+
+    @classmethod
+    def cutover_description(cls, live: str, target: str) -> str:
+        return f"rename: '{live}' -> '{live}__pre_<time>', then '{target}' -> '{live}'"
+
+    @classmethod
+    def retired_collection(cls, record: dict) -> str | None:
+        return record.get("retired_name")  # the live collection's name after the rename
 
     def __init__(self, uri: CollectionURI):
         super().__init__(uri)
@@ -209,16 +218,23 @@ class ChromaConnector(Connector):
     def _retrying(self, what: str, fn):
         """Run fn, retrying network failures with backoff (servers only: every call we
         retry is a read or an idempotent upsert)."""
-        delays = retry_delays(self.retries, base=self.retry_delay) if self.is_server else []
-        for attempt in range(len(delays) + 1):
+        def once():
             try:
                 return fn()
-            except (httpx.TransportError, httpx.HTTPStatusError) as e:
-                if isinstance(e, httpx.HTTPStatusError) and e.response.status_code < 500:
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code < 500:
                     raise self._http_refused(e) from None
-                if attempt == len(delays):
-                    raise self._unavailable(what, e) from None
-                time.sleep(delays[attempt])
+                raise
+        return self.retrying(once, what)
+
+    def is_transient(self, error: Exception) -> bool:
+        return isinstance(error, (httpx.TransportError, httpx.HTTPStatusError))
+
+    def backoff(self) -> list[float]:
+        return retry_delays(self.retries, base=self.retry_delay) if self.is_server else []
+
+    def unavailable(self, error: Exception, attempts: int, what: str) -> Exception:
+        return self._unavailable(what, error)
 
     def _http_refused(self, e) -> EmbedMigrateError:
         code = e.response.status_code

@@ -46,7 +46,6 @@ import functools
 import json
 import logging
 import re
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -120,13 +119,7 @@ def _reconnecting(method):
     bounded backoff. Only for calls that are safe to repeat from the start."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        failures = 0
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except _ConnectionLost as lost:
-                self._wait_to_retry(failures, lost, method.__name__)
-                failures += 1
+        return self.retrying(lambda: method(self, *args, **kwargs), method.__name__)
     return wrapper
 
 
@@ -144,7 +137,7 @@ def _resuming(scan):
                     yield batch, cursor
                 return
             except _ConnectionLost as lost:
-                self._wait_to_retry(failures, lost, "scan")
+                self.wait_to_retry(failures, lost, "scan")
                 failures += 1
     return wrapper
 
@@ -183,6 +176,15 @@ class Layout:
 
 class PostgresConnector(Connector):
     engine = "postgres"
+
+    @classmethod
+    def cutover_description(cls, live: str, target: str) -> str:
+        return (f"one transaction: ALTER TABLE {live} RENAME TO {live}__pre_<time>; "
+                f"ALTER TABLE {target} RENAME TO {live}")
+
+    @classmethod
+    def retired_collection(cls, record: dict) -> str | None:
+        return record.get("retired")  # the live table's name after the rename
 
     def __init__(self, uri: CollectionURI):
         super().__init__(uri)
@@ -227,29 +229,31 @@ class PostgresConnector(Connector):
     def _connect(self):
         params = self._conninfo()
         where = self.uri.redacted()
-        reason = ""
-        delays = self._delays()
-        for attempt in range(len(delays) + 1):
+
+        def once():
             try:
-                conn = psycopg.connect(autocommit=True, **params)
-                break
+                return psycopg.connect(autocommit=True, **params)
             except psycopg.ProgrammingError as e:  # a bad libpq option: retrying cannot help
                 raise UsageError(f"cannot connect to {where}: {_first_line(e)}",
                                  "fix or remove that query option in the URI") from None
             except psycopg.OperationalError as e:
-                reason = _first_line(e)
                 _raise_if_permanent(e, where, self.uri)
-                if attempt < len(delays):
-                    time.sleep(delays[attempt])
-        else:
-            raise self._unreachable(len(delays) + 1, reason)
+                raise _ConnectionLost(where, _first_line(e)) from None
+        conn = self.retrying(once)
         _register_types(conn)
         # pgvector reports a graph that outgrew maintenance_work_mem as a NOTICE
         conn.add_notice_handler(_log_notice)
         return conn
 
-    def _delays(self) -> list[float]:
+    def is_transient(self, error: Exception) -> bool:
+        return isinstance(error, _ConnectionLost)
+
+    def backoff(self) -> list[float]:
         return retry_delays(self.retries, base=self.retry_delay)
+
+    def unavailable(self, error: Exception, attempts: int, what: str) -> Exception:
+        reason = getattr(error, "reason", _first_line(error))
+        return self._unreachable(attempts, f"{what}: {reason}" if what else reason)
 
     def _unreachable(self, attempts: int, reason: str) -> UnavailableError:
         return UnavailableError(
@@ -258,13 +262,6 @@ class PostgresConnector(Connector):
             "check the host and port and that the server is running and accepts connections "
             "(for a unix socket pass ?host=/path/to/socket/dir), then re-run: an interrupted "
             "apply resumes where it stopped (?retries=N waits longer)")
-
-    def _wait_to_retry(self, failures: int, lost: "_ConnectionLost", what: str) -> None:
-        """Back off before the next attempt of a call that lost the connection, or give up."""
-        delays = self._delays()
-        if failures >= len(delays):
-            raise self._unreachable(failures + 1, f"{what}: {lost.reason}") from None
-        time.sleep(delays[failures])
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:

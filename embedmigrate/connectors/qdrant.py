@@ -38,8 +38,6 @@ import contextlib
 import json
 import os
 import threading
-import time
-import uuid
 import warnings
 from typing import Iterator, Sequence
 
@@ -53,6 +51,8 @@ from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
                    quantile_positions, retry_delays, retry_settings)
 from .credentials import http_tls, secret, tls_failure
+from .qdrant_points import (check_depth, fields_seen, point_ids, reservoir,
+                            id_order as _id_order, part_bounds as _part_bounds)
 from .uri import CollectionURI
 
 DISTANCE_TO_METRIC = {models.Distance.COSINE: "cosine", models.Distance.DOT: "dot",
@@ -65,7 +65,6 @@ FLOAT_JSON_BYTES = 24  # "-0.12345678901234568," is 21 characters: the worst flo
 POINT_OVERHEAD_BYTES = 64  # a UUID id in quotes, commas and brackets
 ID_PAGE = 10_000  # ids per scroll page in sample()'s id-only pass
 RETRIEVE_PAGE = 1_000
-MAX_PAYLOAD_DEPTH = 100  # nesting levels of a payload (Qdrant's server parses at most 128)
 PEEK_POINTS = 256  # points read by describe() to list payload fields and the id type
 TRUE = ("1", "true", "yes", "on")
 
@@ -238,50 +237,6 @@ def _json(value) -> bytes:
     return json.dumps(value, default=str).encode()
 
 
-def point_ids(ids: Sequence) -> list:
-    """Qdrant point ids (unsigned ints or UUID strings), checked before anything is written."""
-    out = []
-    for i in ids:
-        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < 2**64:
-            out.append(int(i))
-            continue
-        try:
-            out.append(str(uuid.UUID(str(i))) if not isinstance(i, uuid.UUID) else str(i))
-        except ValueError:
-            raise DataError(f"id {i!r} is neither an unsigned 64-bit integer nor a UUID",
-                            "Qdrant point ids must be unsigned integers or UUIDs: map the source "
-                            "ids to UUIDs (e.g. uuid5) before writing to Qdrant") from None
-    return out
-
-
-def check_depth(payloads: Sequence[dict], limit: int = MAX_PAYLOAD_DEPTH) -> None:
-    """Refuse payloads nested deeper than ``limit`` before anything is written (the
-    server's JSON parser stops at 128 levels; local mode would overflow Python's stack)."""
-    for k, payload in enumerate(payloads):
-        stack = [(payload, 1)]
-        while stack:
-            value, depth = stack.pop()
-            if depth > limit:
-                raise DataError(f"payload of point #{k} is nested more than {limit} levels deep",
-                                "flatten that payload field before migrating")
-            if isinstance(value, dict):
-                stack += [(v, depth + 1) for v in value.values()]
-            elif isinstance(value, (list, tuple)):
-                stack += [(v, depth + 1) for v in value]
-
-
-def fields_seen(payloads: Sequence[dict]) -> tuple[list[str], list[str]]:
-    """Top-level payload keys, and those holding text (a string in most points that have them)."""
-    present: dict[str, int] = {}
-    strings: dict[str, int] = {}
-    for payload in payloads:
-        for key, value in (payload or {}).items():
-            present[key] = present.get(key, 0) + 1
-            strings[key] = strings.get(key, 0) + isinstance(value, str)
-    fields = sorted(present)
-    return fields, [k for k in fields if strings[k] * 2 > present[k]]
-
-
 def _dump(model) -> dict | None:
     return None if model is None else model.model_dump(mode="json", exclude_none=True)
 
@@ -290,6 +245,21 @@ def _dump(model) -> dict | None:
 
 class QdrantConnector(Connector):
     engine = "qdrant"
+    embedded_schemes = ("qdrant+local", "qdrant+memory")
+
+    @classmethod
+    def default_live_name(cls, uri: CollectionURI, info: CollectionInfo) -> str:
+        # a Qdrant source reached through an alias is switched by that alias;
+        # a bare collection needs an alias for the application to follow
+        return uri.collection if info.settings.get("alias") else f"{uri.collection}_live"
+
+    @classmethod
+    def cutover_description(cls, live: str, target: str) -> str:
+        return f"atomic alias switch: alias '{live}' -> collection '{target}'"
+
+    @classmethod
+    def retired_collection(cls, record: dict) -> str | None:
+        return record.get("previous")  # the collection the alias named before
 
     def __init__(self, uri: CollectionURI):
         super().__init__(uri)
@@ -348,8 +318,8 @@ class QdrantConnector(Connector):
         """One client call: bounded retries with backoff on transport errors,
         engine errors mapped to errors the user can act on."""
         client = self._connect(create=method == "create_collection")
-        delays = [] if self.embedded else retry_delays(self.retries, base=self.retry_delay, cap=4.0)
-        for attempt in range(len(delays) + 1):
+
+        def once():
             try:
                 with self._lock:
                     return getattr(client, method)(*args, **kwargs)
@@ -359,17 +329,23 @@ class QdrantConnector(Connector):
                     raise UsageError(f"TLS connection to Qdrant at {self.uri.redacted()} failed: "
                                      f"{tls}", "check ?sslrootcert= (the CA that signed the "
                                      "server's certificate) and the host name in the URI") from None
-                if not _is_transient(e):
-                    if not _is_engine_error(e):
-                        raise  # our own errors and bugs pass through unchanged
+                if not _is_transient(e) and _is_engine_error(e):
                     raise self._user_error(e) from None
-                if attempt == len(delays):
-                    raise UnavailableError(
-                        f"Qdrant at {self.uri.redacted()} did not answer after {attempt + 1} "
-                        f"attempts ({self._reason(e)})",
-                        "check that the server runs and the host and port are right (REST 6333, "
-                        "gRPC 6334), or raise ?timeout=SECONDS / ?retries=N") from None
-                time.sleep(delays[attempt])
+                raise  # transient (retried), or our own errors and bugs, unchanged
+        return self.retrying(once, method)
+
+    def is_transient(self, error: Exception) -> bool:
+        return _is_transient(error)
+
+    def backoff(self) -> list[float]:
+        return [] if self.embedded else retry_delays(self.retries, base=self.retry_delay, cap=4.0)
+
+    def unavailable(self, error: Exception, attempts: int, what: str) -> Exception:
+        return UnavailableError(
+            f"Qdrant at {self.uri.redacted()} did not answer after {attempts} "
+            f"attempts ({self._reason(error)})",
+            "check that the server runs and the host and port are right (REST 6333, "
+            "gRPC 6334), or raise ?timeout=SECONDS / ?retries=N")
 
     def _reason(self, e: Exception) -> str:
         source = getattr(e, "source", e)
@@ -568,21 +544,7 @@ class QdrantConnector(Connector):
         return self._to_batch([found[str(i)] for i in ids if str(i) in found], vector_name)
 
     def _reservoir_of_ids(self, real: str, n: int, seed: int) -> list:
-        """Algorithm R over the ids, vectorised per page: O(n) memory, one cheap pass."""
-        rng = np.random.default_rng(seed)
-        reservoir: list = []
-        seen = 0
-        for ids in self._id_pages(real, ID_PAGE):
-            fill = min(n - len(reservoir), len(ids))
-            reservoir += ids[:fill]
-            rest = ids[fill:]
-            if rest:
-                position = seen + fill + np.arange(len(rest))  # index of each id in the stream
-                slots = rng.integers(0, position + 1)
-                for k in np.flatnonzero(slots < n):  # in stream order: later ids win a slot
-                    reservoir[slots[k]] = rest[k]
-            seen += len(ids)
-        return reservoir
+        return reservoir(self._id_pages(real, ID_PAGE), n, seed)
 
     # --- writing the target ---------------------------------------------------------
     def create_like(self, source: CollectionInfo, dim: int, *, if_exists: str = "error") -> None:
@@ -768,20 +730,3 @@ def _is_transient(e: Exception) -> bool:
     except ImportError:
         pass
     return isinstance(e, (ConnectionError, TimeoutError))
-
-
-def _id_order(point_id) -> tuple:
-    """Qdrant's scroll order: integer ids first, then UUIDs (their canonical lowercase
-    strings sort like the 128-bit numbers the server compares)."""
-    if isinstance(point_id, int):
-        return (0, point_id, "")
-    return (1, 0, str(uuid.UUID(str(point_id))))
-
-
-def _part_bounds(part) -> tuple:
-    if part is None:
-        return None, None
-    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
-        raise UsageError(f"{part!r} is not a Qdrant scan part",
-                         "pass a part that partitions() returned ({'from': id, 'to': id})")
-    return part.get("from"), part.get("to")

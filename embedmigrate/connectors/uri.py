@@ -1,12 +1,15 @@
-"""Collection URIs, parsed in one place.
+"""Collection URIs, parsed in one place, by the *shape* of the URI; which engine a
+scheme belongs to, and its shape, each engine declares in its registry entry
+(connectors/__init__.py). The shapes:
 
-    qdrant://host:6333/collection            (qdrants:// for TLS; API key from QDRANT_API_KEY)
-    qdrant+local:///path/to/storage/collection
-    qdrant+memory:///collection              (one in-process store, for tests)
-    chroma:///path/to/persist/collection     (embedded PersistentClient)
-    chroma+http://host:8000/collection       (?tenant=...&database=..., chroma+https for TLS)
-    postgresql://user@host:5432/db?table=docs&column=embedding&id=id
-                                             (any SQLAlchemy postgres URL; ?host=/dir for sockets)
+    server   scheme://[user:password@]host:port/collection?options
+             (qdrant://, qdrants://, chroma+http://, chroma+https://)
+    path     scheme:///path/to/store/collection: the last segment is the collection,
+             the rest the store's directory (qdrant+local://, qdrant+edge://, chroma://)
+    memory   scheme:///collection: a store inside the process (qdrant+memory://)
+    sql      any SQLAlchemy-style database URL naming the table in ?table=
+             (postgresql://user@host:5432/db?table=docs&column=embedding&id=id;
+             ?host=/dir for sockets)
 
 A URI names one collection. ``with_collection`` derives the URI of a sibling
 collection (the migration target) on the same store.
@@ -20,11 +23,21 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ..errors import UsageError
 
-SCHEMES = {
-    "qdrant": "qdrant", "qdrants": "qdrant", "qdrant+local": "qdrant", "qdrant+memory": "qdrant",
-    "chroma": "chroma", "chroma+http": "chroma", "chroma+https": "chroma",
-    "postgresql": "postgres", "postgres": "postgres", "postgresql+psycopg": "postgres",
-}
+URI_SHAPES = ("server", "path", "memory", "sql")
+# scheme -> engine, and scheme -> URI shape: filled by register_schemes() for every
+# engine of connectors/__init__.py's registry
+SCHEMES: dict[str, str] = {}
+SHAPES: dict[str, str] = {}
+
+
+def register_schemes(engine: str, schemes: dict[str, str]) -> None:
+    """Let ``parse_uri`` hand URIs of these schemes (scheme -> shape) to ``engine``."""
+    for scheme, shape in schemes.items():
+        if shape not in URI_SHAPES:
+            raise ValueError(f"unknown URI shape {shape!r} for {scheme}://")
+        SCHEMES[scheme], SHAPES[scheme] = engine, shape
+
+
 # query options whose value is itself a secret (see credentials.py): plans and state files
 # never keep them, printed URIs show *** instead
 SECRET_OPTIONS = ("password", "sslpassword", "api_key", "token")
@@ -95,9 +108,10 @@ def parse_uri(uri: str) -> CollectionURI:
         raise UsageError(f"'{_strip_password(uri)}' is not a valid URI: {e}",
                          f"use {scheme}://host:port/... (IPv6 hosts in brackets: [::1])") from None
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if engine == "postgres":
-        parsed = _parse_postgres(uri, scheme, parts, options)
-    elif scheme in ("qdrant+local", "qdrant+memory", "chroma"):
+    shape = SHAPES[scheme]
+    if shape == "sql":
+        parsed = _parse_sql(uri, scheme, engine, parts, options)
+    elif shape in ("path", "memory"):
         parsed = _parse_local(uri, scheme, engine, parts, options)
     else:
         parsed = _parse_server(uri, scheme, engine, parts, options)
@@ -107,12 +121,13 @@ def parse_uri(uri: str) -> CollectionURI:
 
 def _parse_local(uri, scheme, engine, parts, options) -> CollectionURI:
     # everything after the last slash is the collection, the rest is the store path
-    full = unquote(parts.netloc + parts.path) if scheme != "qdrant+memory" else unquote(parts.path)
+    memory = SHAPES[scheme] == "memory"
+    full = unquote(parts.path) if memory else unquote(parts.netloc + parts.path)
     store, _, name = full.rstrip("/").rpartition("/")
     if not name:
         raise UsageError(f"'{_strip_password(uri)}' names no collection",
                          f"end the URI with the collection name, e.g. {scheme}:///data/store/docs")
-    if scheme == "qdrant+memory":
+    if memory:
         store = None
     elif not store:
         raise UsageError(f"'{_strip_password(uri)}' names no storage folder",
@@ -122,7 +137,7 @@ def _parse_local(uri, scheme, engine, parts, options) -> CollectionURI:
 
 
 def _parse_server(uri, scheme, engine, parts, options) -> CollectionURI:
-    """qdrant, qdrants, chroma+http(s)."""
+    """scheme://host:port/collection (qdrant, qdrants, chroma+http(s))."""
     name = unquote(parts.path).strip("/")
     if not name or "/" in name:
         raise UsageError(f"'{_strip_password(uri)}' must name exactly one collection after the host",
@@ -134,7 +149,8 @@ def _parse_server(uri, scheme, engine, parts, options) -> CollectionURI:
                          host=_host(uri, parts), port=port, **_credentials(parts), options=options)
 
 
-def _parse_postgres(uri, scheme, parts, options) -> CollectionURI:
+def _parse_sql(uri, scheme, engine, parts, options) -> CollectionURI:
+    """A database URL with ?table= (postgresql)."""
     table = options.pop("table", None)
     if not table:
         raise UsageError(f"'{_strip_password(uri)}' names no table",
@@ -142,7 +158,7 @@ def _parse_postgres(uri, scheme, parts, options) -> CollectionURI:
                          "'embedding' and 'id')")
     database = unquote(parts.path.lstrip("/")) or None
     port = _port(uri, parts, "use postgresql://user@host:PORT/db?table=...")
-    return CollectionURI(raw=uri, scheme=scheme, engine="postgres", collection=table,
+    return CollectionURI(raw=uri, scheme=scheme, engine=engine, collection=table,
                          host=_host(uri, parts), port=port, **_credentials(parts),
                          database=database, options=options)
 
@@ -198,10 +214,11 @@ def _strip_password(uri: str) -> str:
 
 def _rebuild(u: CollectionURI, name: str, redact: bool = False) -> str:
     query = {k: "***" if redact and k in SECRET_OPTIONS else v for k, v in u.options.items()}
-    if u.engine == "postgres":
+    shape = SHAPES.get(u.scheme)
+    if shape == "sql":
         query = {"table": name, **query}
         base = f"{u.scheme}://{_netloc(u, redact)}/{quote(u.database or '', safe='')}"
-    elif u.scheme == "qdrant+memory":
+    elif shape == "memory":
         base = f"{u.scheme}:///{quote(name)}"
     elif u.path is not None:
         base = f"{u.scheme}://{quote(u.path)}/{quote(name)}"

@@ -1,0 +1,98 @@
+"""Point ids, payload checks, id-range parts and the id reservoir that Qdrant's two
+connectors share: the server / local-mode client (qdrant.py) and Qdrant Edge
+(qdrant_edge.py). Both engines take the same ids (unsigned 64-bit integers or UUIDs),
+scroll in the same order and accept the same payloads. Nothing here imports either
+engine's package, so each connector needs only its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import DataError, UsageError
+
+MAX_PAYLOAD_DEPTH = 100  # nesting levels of a payload (Qdrant's server parses at most 128)
+
+
+def point_ids(ids: Sequence) -> list:
+    """Qdrant point ids (unsigned ints or UUID strings), checked before anything is written."""
+    out = []
+    for i in ids:
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < 2**64:
+            out.append(int(i))
+            continue
+        try:
+            out.append(str(uuid.UUID(str(i))) if not isinstance(i, uuid.UUID) else str(i))
+        except ValueError:
+            raise DataError(f"id {i!r} is neither an unsigned 64-bit integer nor a UUID",
+                            "Qdrant point ids must be unsigned integers or UUIDs: map the source "
+                            "ids to UUIDs (e.g. uuid5) before writing to Qdrant") from None
+    return out
+
+
+def check_depth(payloads: Sequence[dict], limit: int = MAX_PAYLOAD_DEPTH) -> None:
+    """Refuse payloads nested deeper than ``limit`` before anything is written (the
+    server's JSON parser stops at 128 levels; local mode would overflow Python's stack)."""
+    for k, payload in enumerate(payloads):
+        stack = [(payload, 1)]
+        while stack:
+            value, depth = stack.pop()
+            if depth > limit:
+                raise DataError(f"payload of point #{k} is nested more than {limit} levels deep",
+                                "flatten that payload field before migrating")
+            if isinstance(value, dict):
+                stack += [(v, depth + 1) for v in value.values()]
+            elif isinstance(value, (list, tuple)):
+                stack += [(v, depth + 1) for v in value]
+
+
+def fields_seen(payloads: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """Top-level payload keys, and those holding text (a string in most points that have them)."""
+    present: dict[str, int] = {}
+    strings: dict[str, int] = {}
+    for payload in payloads:
+        for key, value in (payload or {}).items():
+            present[key] = present.get(key, 0) + 1
+            strings[key] = strings.get(key, 0) + isinstance(value, str)
+    fields = sorted(present)
+    return fields, [k for k in fields if strings[k] * 2 > present[k]]
+
+
+def id_order(point_id) -> tuple:
+    """Qdrant's scroll order: integer ids first, then UUIDs (their canonical lowercase
+    strings sort like the 128-bit numbers the server compares)."""
+    if isinstance(point_id, int):
+        return (0, point_id, "")
+    return (1, 0, str(uuid.UUID(str(point_id))))
+
+
+def part_bounds(part) -> tuple:
+    """``(from, to)`` of a part that ``partitions()`` returned (None: open end)."""
+    if part is None:
+        return None, None
+    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
+        raise UsageError(f"{part!r} is not a Qdrant scan part",
+                         "pass a part that partitions() returned ({'from': id, 'to': id})")
+    return part.get("from"), part.get("to")
+
+
+def reservoir(id_pages: Iterable[list], n: int, seed: int) -> list:
+    """A seeded uniform sample of ``n`` ids from pages of ids (Algorithm R, vectorised
+    per page): O(n) memory, one pass."""
+    rng = np.random.default_rng(seed)
+    chosen: list = []
+    seen = 0
+    for ids in id_pages:
+        fill = min(n - len(chosen), len(ids))
+        chosen += ids[:fill]
+        rest = ids[fill:]
+        if rest:
+            position = seen + fill + np.arange(len(rest))  # index of each id in the stream
+            slots = rng.integers(0, position + 1)
+            for k in np.flatnonzero(slots < n):  # in stream order: later ids win a slot
+                chosen[slots[k]] = rest[k]
+        seen += len(ids)
+    return chosen
