@@ -144,7 +144,7 @@ def estimate(count: int, old_dim: int, new_dim: int, n_old: int, n_texts: int,
              texts_per_s: float | None, method: str, n_pairs: int) -> dict:
     """Rough time / memory / disk figures for the plan (CPU measured by a probe; GPU assumed)."""
     encode_s = 0.0 if texts_per_s is None else n_texts / max(texts_per_s, 1e-6)
-    eff = method if method != "auto" else ("ridge" if n_pairs >= 1000 else "semi" if n_pairs else "linear")
+    eff = method if method != "auto" else ("procrustes" if n_pairs >= 1000 else "semi" if n_pairs else "linear")
     fit_s = FIT_SECONDS_PER_10K.get(eff, 5.0) * max(n_old, 10000) / 10000
     apply_rate = 3000.0  # vectors/s, conservative; see docs/benchmarks.md per engine
     bytes_per_vec = 4 * new_dim
