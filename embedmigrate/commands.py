@@ -196,7 +196,7 @@ def estimate(count: int, old_dim: int, new_dim: int, n_old: int, n_texts: int,
              texts_per_s: float | None, method: str, n_pairs: int) -> dict:
     """Rough time / memory / disk figures for the plan (CPU measured by a probe; GPU assumed)."""
     encode_s = 0.0 if texts_per_s is None else n_texts / max(texts_per_s, 1e-6)
-    eff = method if method != "auto" else ("ridge" if n_pairs >= 1000 else "semi" if n_pairs else "linear")
+    eff = method if method != "auto" else ("procrustes" if n_pairs >= 1000 else "semi" if n_pairs else "linear")
     fit_s = FIT_SECONDS_PER_10K.get(eff, 5.0) * max(n_old, 10000) / 10000
     apply_rate = 3000.0  # vectors/s, conservative; see docs/benchmarks.md per engine
     bytes_per_vec = 4 * new_dim
@@ -236,20 +236,25 @@ def _train(plan: Plan, lock: RunLock, *, progress: bool, retrain: bool) -> dict:
     fit_seconds = time.perf_counter() - start
     scores = training_metrics(translator, data)
     scores["fit_seconds"] = round(fit_seconds, 2)
+    pairs_used = 0 if data["pairs"] is None else len(data["pairs"][0])
     translator.meta.update({"old_model": plan.model.old or "(unknown, from the source)",
                             "new_model": plan.model.new, "source": plan.source.uri,
-                            "metrics": scores})
+                            "metrics": scores, "pairs_used": pairs_used,
+                            "pairs_source": data["pairs_source"]})
     translator.save(plan.checkpoint_dir)
     _save_eval_data(plan, data)
     state.update(stage="trained", checkpoint=str(plan.checkpoint_dir), train_metrics=scores,
                  method=translator.meta.get("auto_choice", {}).get("method", translator.method))
     return {"stage": "trained", "checkpoint": str(plan.checkpoint_dir), "method": translator.method,
             "selection": translator.meta.get("selection"), "confidence": translator.meta.get("confidence"),
-            "auto_choice": translator.meta.get("auto_choice"), "metrics": scores}
+            "auto_choice": translator.meta.get("auto_choice"), "metrics": scores,
+            "pairs_used": pairs_used, "pairs_source": data["pairs_source"]}
 
 
 def training_data(plan: Plan, *, progress: bool = True) -> dict:
-    """Sample the source, encode the text sample with the new model (cached on disk)."""
+    """Sample the source, encode the text sample with the new model (cached on disk).
+    Pairs come from the source's stored texts; failing those, from the fresh
+    texts encoded by the old model too, when the plan names it (weak pairs)."""
     from .encoders import encode_cached, open_encoder
 
     src = open_collection(plan.source.uri)
@@ -274,6 +279,9 @@ def training_data(plan: Plan, *, progress: bool = True) -> dict:
         paired_new = encode_cached(encoder, [texts[i] for i in paired_idx], cache,
                                    show_progress=progress)
     unpaired_new = np.zeros((0, paired_new.shape[1] if paired_new.size else 0), np.float32)
+    fresh = []
+    weak = not len(paired_idx) and plan.model.old and plan.sample.texts and plan.sample.new
+    old_encoder = _old_model_encoder(plan, info.dim) if weak else None  # fail before encoding
     if plan.sample.texts and plan.sample.new:
         from .texts import read_texts
         encoder = encoder or open_encoder(plan.model.new)
@@ -291,9 +299,44 @@ def training_data(plan: Plan, *, progress: bool = True) -> dict:
     new_parts = [paired_new[holdout:], unpaired_new] if len(unpaired_new) else [paired_new[holdout:]]
     new = np.concatenate([p for p in new_parts if len(p)]) if any(len(p) for p in new_parts) else paired_new
     pairs = (sample.vectors[train_idx], paired_new[holdout:]) if len(train_idx) else None
-    return {"old": old, "new": new, "pairs": pairs,
+    data = {"old": old, "new": new, "pairs": pairs,
             "holdout": (sample.vectors[hold_idx], paired_new[:holdout]) if holdout else None,
-            "holdout_ids": [sample.ids[i] for i in hold_idx], "metric": info.metric}
+            "holdout_ids": [sample.ids[i] for i in hold_idx], "metric": info.metric,
+            "pairs_source": "stored texts" if pairs is not None else "none", "weak_holdout": None}
+    if old_encoder is not None and len(fresh):
+        _add_weak_pairs(data, plan, old_encoder, fresh, unpaired_new, progress)
+    return data
+
+
+WEAK_HOLDOUT = 500  # weak pairs kept back to score the fit (train metrics only)
+
+
+def _old_model_encoder(plan: Plan, source_dim: int):
+    """The plan's [model] old, opened and checked against the source's dimension."""
+    from .encoders import open_encoder
+
+    encoder = open_encoder(plan.model.old)
+    if encoder.dim != source_dim:
+        raise DataError(f"the old model '{plan.model.old}' makes {encoder.dim}-d vectors, the "
+                        f"source holds {source_dim}-d ones: it is not the model that wrote them",
+                        "set [model] old in the plan to the collection's model, or clear it")
+    return encoder
+
+
+def _add_weak_pairs(data: dict, plan: Plan, old_encoder, fresh: list, fresh_new: np.ndarray,
+                    progress: bool) -> None:
+    """Weak pairs: the fresh texts encoded by the old model too (issue #13). The
+    collection stores no texts, but when the model that wrote it can still be
+    called, every fresh text becomes a pair, which beats any unsupervised
+    alignment across model families. A few are held back for the train metrics
+    only: they have no ids in the source, so the quality gate never sees them."""
+    from .encoders import encode_cached
+
+    fresh_old = encode_cached(old_encoder, fresh, plan.state_dir / "cache", show_progress=progress)
+    n_hold = min(WEAK_HOLDOUT, len(fresh) // 5) if len(fresh) >= 50 else 0
+    data["pairs"] = (fresh_old[n_hold:], fresh_new[n_hold:])
+    data["weak_holdout"] = (fresh_old[:n_hold], fresh_new[:n_hold]) if n_hold else None
+    data["pairs_source"] = "old model"
 
 
 EVAL_FILE = "eval.npz"
@@ -335,10 +378,13 @@ def training_metrics(translator: Translator, data: dict) -> dict:
     scores = {"neighbourhood_overlap@10": round(metrics.neighbourhood_overlap(some, translated, 10,
                                                                              data["metric"]), 4),
               "cycle_error": round(metrics.cycle_error(translator, some), 4)}
-    if data["holdout"] is not None:
-        ho, hn = data["holdout"]
+    held = data["holdout"] if data["holdout"] is not None else data.get("weak_holdout")
+    if held is not None:
+        ho, hn = held
         pred = translator.translate(ho)
         ranks = metrics.rank_metrics(pred, hn, chunk=8192)
+        if data["holdout"] is None:
+            scores["holdout_source"] = "old model (weak pairs)"
         scores.update({"holdout_pairs": len(ho), "holdout_mean_cosine": round(metrics.mean_cosine(pred, hn), 4),
                        "holdout_top1": round(ranks["top1"], 4), "holdout_mean_rank": round(ranks["mean_rank"], 3),
                        "holdout_recall@10_retained": round(metrics.recall_retained(hn, pred, hn, 10), 4)})

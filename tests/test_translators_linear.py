@@ -183,7 +183,8 @@ def test_auto_reports_its_choice_and_round_trips(samples, tmp_path):
     many_new = np.concatenate([pn, samples["held"][1][:900]])
     many = make_translator("auto").fit(samples["old"], samples["new"], pairs=(many_old, many_new))
     assert many.meta["auto_choice"]["method"] in ("procrustes", "ridge")
-    assert "held-out" in many.meta["auto_choice"]["reason"]
+    assert "cross-validation" in many.meta["auto_choice"]["reason"]
+    assert {"procrustes", "ridge"} <= set(many.meta["auto_choice"]["validation"])
     loaded = Translator.load(many.save(tmp_path / "auto"))
     x = samples["held"][0][900:]
     assert np.array_equal(loaded.translate(x), many.translate(x))

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 TINY = dict(width=32, adapter_depth=1, backbone_depth=1, disc_width=32, disc_depth=2,
             batch_size=64, lr=1e-3, disc_lr=1e-3, warmup=20, eval_every=100,
-            eval_points=256, progress=False, device="cpu")
+            eval_points=256, progress=False, device="cpu", init="random")
 
 
 def clouds(seed=0, n=2000, d_old=8, d_new=12, k=6, held=500):
@@ -225,7 +225,7 @@ def test_bad_inputs_raise_embedmigrate_errors(trained, data):
     with pytest.raises(UsageError, match="unknown option"):
         make_translator("vec2vec", widht=3)
     with pytest.raises(UsageError, match="init"):
-        Vec2Vec(Config(**TINY, init="pca")).fit(old, new)
+        Vec2Vec(Config(**dict(TINY, init="pca"))).fit(old, new)
     if torch.cuda.is_available():  # device="cuda" is honoured: it trains there
         on_gpu = Vec2Vec(Config(**dict(TINY, device="cuda", steps=20))).fit(old, new)
         assert np.isfinite(on_gpu.translate(held_old)).all()
@@ -252,23 +252,67 @@ def test_linear_init_distils_the_guide_map(data):
     old, new, held_old, held_new = data
     z_pairs = clouds(seed=0, n=2000, held=500)  # same generator: held-out rows are pairs
     guide = make_translator("procrustes").fit(held_old, held_new, pairs=(z_pairs[2], z_pairs[3]))
-    v = Vec2Vec(Config(**dict(TINY, eval_every=50), init="linear", init_steps=100, steps=20, seed=0))
+    v = Vec2Vec(Config(**dict(TINY, eval_every=50, init="linear"), init_steps=100, steps=20, seed=0))
     v.guide = guide
     v.fit(old, new)
     pred = v.translate(held_old)
     assert mean_cosine(pred, held_new) > 0.8
-    assert rank_metrics(pred, held_new)["mean_rank"] < 25
+    assert rank_metrics(pred, held_new)["mean_rank"] < 35  # measured 27 (chance: 250)
     conf = v.meta["confidence"]
     assert conf["guide"]["alignment"]["gram_corr"] > 0.5
     assert conf["guide"]["agreement"] > 0.8
     assert conf["aligned"] is True and "linear map" in conf["reason"]
     assert v.guide is None  # the guide is not kept (nor saved) with the vec2vec weights
+    null = conf["against_null"]
+    assert null["aligned"] and null["csls_gain"] > 0.15 and null["knn_sim_gain"] > 0.25
+
+
+def test_a_wrong_but_trusted_start_is_refused_against_the_null(data):
+    """A linear start fitted on *wrong* pairs counts as trusted (it has pairs)
+    and vec2vec agrees with it, so the old rule said "aligned" at chance level
+    (issue #13: chance-level runs passed their own thresholds). The null, a
+    random start trained the same way, scores as well: refused."""
+    old, new, held_old, held_new = data
+    z = clouds(seed=0, n=2000, held=500)
+    wrong = np.random.default_rng(1).permutation(500)
+    guide = make_translator("procrustes").fit(held_old, held_new, pairs=(z[2], z[3][wrong]))
+    v = Vec2Vec(Config(**dict(TINY, eval_every=50, init="linear"), init_steps=100, steps=300, seed=0))
+    v.guide = guide
+    v.fit(old, new)
+    assert rank_metrics(v.translate(held_old), held_new)["mean_rank"] > 100  # chance: ~250
+    conf = v.meta["confidence"]
+    # the old rule's evidence is all there: Gram correlation, mutual NN, agreement with the guide
+    assert conf["gram_corr"] > 0.2 and conf["mnn_ratio"] > 0.25 and conf["guide"]["agreement"] > 0.5
+    assert conf["aligned"] is False, conf["reason"]
+    assert "random start" in conf["reason"]
+
+
+def test_cpu_budget_stops_training(data):
+    old, new, _, _ = data
+    t = Vec2Vec(Config(**TINY, steps=100_000, cpu_budget=3.0, seed=0)).fit(old, new)
+    runs = t.meta["selection"]["restarts"] + [t.meta["selection"]["null"]]
+    assert all(r["steps_run"] < 100_000 for r in runs)
+    assert t.meta["selection"]["cpu_seconds"] < 3.0 + 5.0  # one evaluation may run over
+
+
+def test_init_and_clipping_follow_the_official_code():
+    """Kaiming-normal Linear weights (std sqrt(2 / fan_in)), BatchNorm weights
+    around 1 with std 0.02; gradient clipping at 1000 (configs/unsupervised.toml)."""
+    from embedmigrate.translators.vec2vec import ResidualMLP
+    torch.manual_seed(0)
+    m = ResidualMLP(256, 512, 128, depth=2, norm="batch", dropout=0.0)
+    lin = m.blocks[1][0]
+    assert lin.weight.std().item() == pytest.approx(np.sqrt(2 / 512), rel=0.05)
+    bn = m.blocks[0][2]
+    assert bn.weight.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert bn.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert Config().max_grad_norm == 1000.0 and Config.paper().max_grad_norm == 1000.0
 
 
 def test_pairs_add_a_supervised_term(data):
     old, new, held_old, held_new = data
     pairs = (held_old[:200], held_new[:200])
-    t = Vec2Vec(Config(**TINY, steps=80, seed=0)).fit(old, new, pairs=pairs)
+    t = Vec2Vec(Config(**TINY, steps=200, seed=0)).fit(old, new, pairs=pairs)
     assert t.meta["n_pairs"] == 200
-    # measured: 80 unpaired steps reach cos 0.59 here, with the 200 pairs 0.85
+    # measured (Kaiming init): 200 unpaired steps reach cos 0.45 here, with the 200 pairs 0.87
     assert mean_cosine(t.translate(held_old[200:]), held_new[200:]) > 0.75

@@ -289,15 +289,26 @@ def alignment_confidence(xo_eval: np.ndarray, xn_ref: np.ndarray, xn_pool: np.nd
     knn_sim). z >= 3 (three standard errors of the paired gain)
     keeps out noise when natural - rival is tiny (structureless clouds).
     """
-    t = _normalise(xo_eval @ w)
+    return confidence_of_translations(
+        xo_eval @ w, {name: xo_eval @ rival_w for name, rival_w in rivals.items()},
+        xn_ref, xn_pool, k, min_csls_gain, min_knn_gain, min_z)
+
+
+def confidence_of_translations(translated: np.ndarray, rivals: dict, xn_ref: np.ndarray,
+                               xn_pool: np.ndarray, k: int = 10, min_csls_gain: float = 0.15,
+                               min_knn_gain: float = 0.25, min_z: float = 3.0) -> dict:
+    """``alignment_confidence`` for any translator: ``translated`` and each
+    rival (name -> its translation of the same held-back old points) are
+    compared in the new space (vec2vec uses it with a null run)."""
+    t = _normalise(translated)
     stat = {"knn_sim": lambda x: knn_mean_sim(x, xn_pool, k).astype(np.float64),
             "csls": lambda x: best_csls(x, xn_pool, k)}
     mine = {s: f(t) for s, f in stat.items()}
     natural = {s: f(xn_ref) for s, f in stat.items()}
     minimum = {"csls": min_csls_gain, "knn_sim": min_knn_gain}
     report, aligned = {}, bool(rivals)
-    for name, rival_w in rivals.items():
-        rival = {s: f(_normalise(xo_eval @ rival_w)) for s, f in stat.items()}
+    for name, rival_t in rivals.items():
+        rival = {s: f(_normalise(rival_t)) for s, f in stat.items()}
         report[name] = {}
         for s in stat:
             gain, z = _gain_over_rival(mine[s], rival[s], natural[s])

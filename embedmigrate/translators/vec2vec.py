@@ -18,14 +18,19 @@ Paths (x: old-model vector, y: new-model vector):
     translate  x -> A1 -> T -> B2 -> y'        reconstruct  x -> A1 -> T -> B1 -> x'
     inverse    y -> A2 -> T -> B1 -> x'        cycle        x -> y' -> A2 -> T -> B1 -> x''
 
-Loss weights default to the official code's (github rjha18/vec2vec): GAN 1,
-latent GAN 1, reconstruction 1, VSP 1, cycle 10, cycle-VSP 10, label smoothing
-0.9. Sizes and learning rates default to something a 2-core CPU can train in
-minutes; ``Config.paper()`` gives the reference sizes and learning rates.
-Unsupervised GAN training is fragile (the paper picks the best of several
-seeds; only 3 of 15 seeds aligned e5 -> gtr), hence ``restarts`` with a
-label-free choice, and ``meta["confidence"]["aligned"]`` so that a failed
-alignment is refused downstream instead of written to a database.
+Loss weights default to the official code's (github rjha18/vec2vec,
+configs/unsupervised.toml): GAN 1, latent GAN 1, reconstruction 1, VSP 1,
+cycle 10, cycle-VSP 10, label smoothing 0.9, gradient-norm clipping at 1000;
+Linear layers get its Kaiming-normal initialisation (its N(0, 0.02) is the
+BatchNorm init, around weight 1). Sizes and learning rates default to
+something a 2-core CPU can train in minutes; ``Config.paper()`` gives the
+reference sizes and learning rates. Unsupervised GAN training is fragile (the
+paper picks the best of several seeds; only 3 of 15 seeds aligned e5 -> gtr),
+hence: it starts from the best linear map (``init="linear"``: the unsupervised
+linear translator, or ``auto`` when pairs are given), ``restarts`` with a
+label-free choice, and ``meta["confidence"]["aligned"]`` calibrated against a
+null (a random start trained the same way), so that a failed alignment is
+refused downstream instead of written to a database.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from torch import nn
 
 from ..errors import DataError, UsageError
 from .base import Translator, _normalise
+from .linear import confidence_of_translations
 
 # ------------------------------------------------------------------------------
 # 1. modules
@@ -68,7 +74,12 @@ class ResidualMLP(nn.Module):
     ``out_dim``. Order as in the official code: the norm comes after the
     activation, so each block adds an O(1) term even with small weights; a
     fresh network is far from the identity (measured: two untrained networks
-    translate WordNet vectors with mean cosine 0.001 to each other)."""
+    translate WordNet vectors with mean cosine ~0 to each other).
+
+    Initialisation as in the official code (MLPWithResidual with its default
+    weight_init="kaiming"): Kaiming-normal Linear weights (fan-in, ReLU gain),
+    zero biases; BatchNorm weights N(1, 0.02) and biases N(0, 0.02); LayerNorm
+    weights 1 and biases 0."""
 
     def __init__(self, in_dim: int, width: int, out_dim: int, depth: int, norm: str, dropout: float):
         super().__init__()
@@ -77,10 +88,13 @@ class ResidualMLP(nn.Module):
             nn.Sequential(nn.Linear(a, b), nn.SiLU(), _norm_layer(norm, b), nn.Dropout(dropout))
             for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], out_dim)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):  # the official code's init
-                nn.init.normal_(m.weight, std=0.02)
+        for m in self.modules():  # the official code's init (see the docstring)
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm1d):
+                nn.init.normal_(m.weight, mean=1.0, std=0.02)
+                nn.init.normal_(m.bias, mean=0.0, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -285,12 +299,14 @@ class Config:
     disc_lr: float = 1e-4
     betas: tuple = (0.5, 0.999)
     warmup: int = 200           # linear lr warm-up steps, then constant
-    max_grad_norm: float = 10.0
+    max_grad_norm: float = 1000.0  # the official configs clip at 1000 (in effect: spikes only)
     max_seconds: float | None = None  # wall-clock budget per restart (None: no limit)
+    cpu_budget: float | None = None   # CPU seconds for the whole fit (linear start, restarts and
+                                      # the null share it); None: no limit
     # robustness
     seed: int = 0
     restarts: int = 1           # independent runs (seed, seed+1, ...); best kept, label-free
-    init: str = "random"        # "random" | "linear": distil the unsupervised linear map first
+    init: str = "linear"        # "linear": distil the best linear map first | "random"
     init_steps: int = 300       # distillation steps for init="linear"
     guide_steps: int = 1000     # steps over which w_guide decays to 0
     eval_every: int = 250       # label-free evaluation; best snapshot of each restart is kept
@@ -299,6 +315,9 @@ class Config:
     min_mnn_ratio: float = 0.25
     min_agreement: float = 0.5  # mean cosine between restarts, or with the linear guide
     min_agreement_gain: float = 0.1  # restart agreement above that of the untrained networks
+    min_csls_gain: float = 0.15  # calibration against the null: see linear.alignment_confidence
+    min_knn_gain: float = 0.25
+    min_z: float = 3.0
     # runtime
     device: str = "auto"        # "auto" (cuda > mps > cpu) | "cuda" | "mps" | "cpu"
     amp: bool = True            # mixed precision, used on CUDA only
@@ -314,7 +333,7 @@ class Config:
         2,000 warm-up steps, batch 256."""
         base = dict(width=1024, adapter_depth=3, backbone_depth=4, norm="batch", dropout=0.1,
                     disc_width=1024, disc_depth=5, lr=2e-5, disc_lr=1e-5, warmup=2000,
-                    batch_size=256, steps=100_000)
+                    batch_size=256, steps=100_000, max_grad_norm=1000.0)
         base.update(overrides)
         return cls(**base)
 
@@ -427,6 +446,7 @@ class Vec2Vec(Translator):
         if cfg.restarts < 1 or cfg.steps < 0:
             raise UsageError("vec2vec needs restarts >= 1 and steps >= 0", "fix the options")
         device = pick_device(cfg.device)
+        cpu_start = time.process_time()
         old, new = _normalise(old), _normalise(new)
         evalset = _EvalSet(old, new, cfg.eval_points, cfg.seed)
         guide = self._linear_guide(old, new, pairs) if cfg.init == "linear" else None
@@ -436,12 +456,27 @@ class Vec2Vec(Translator):
                 evalset.old, guide.lin.translate(evalset.old), evalset.new_ref, evalset.new_other)
         key = self._checkpoint_key(old, new, pairs)
 
+        # the null: a random start trained the same way (a random rotation in
+        # place of the linear map, no pairs), i.e. what this optimiser reaches
+        # with no correspondence behind it; it gets the same share of the budget
+        cpu_left = None if cfg.cpu_budget is None else cfg.cpu_budget - (time.process_time() - cpu_start)
+        cpu_each = None if cpu_left is None else max(cpu_left, 0.0) / (cfg.restarts + 1)
+        null_guide = _Guide(_RandomRotation(self.old_dim, self.new_dim, cfg.seed), old, new) \
+            if guide is not None else None
+        null = self._train_one(old, new, None, null_guide, evalset, device, cfg.seed + NULL_SEED,
+                               key, cpu_each)
         runs = []
         for r in range(cfg.restarts):
-            run = self._train_one(old, new, pairs, guide, evalset, device, cfg.seed + r, key)
+            run = self._train_one(old, new, pairs, guide, evalset, device, cfg.seed + r, key, cpu_each)
             runs.append(run)
 
-        chosen = max(range(len(runs)), key=lambda k: _selection_score(runs[k].best["scores"]))
+        null_t = _translate_with(null, evalset.old, self.old_dim, self.new_dim, cfg)
+        calibrated = [confidence_of_translations(
+            _translate_with(run, evalset.old, self.old_dim, self.new_dim, cfg), {"null": null_t},
+            evalset.new_ref, evalset.new_other, 10, cfg.min_csls_gain, cfg.min_knn_gain, cfg.min_z)
+            for run in runs]
+        chosen = max(range(len(runs)), key=lambda k: (calibrated[k]["csls_gain"],
+                                                      _selection_score(runs[k].best["scores"])))
         best = runs[chosen]
         self._net = Vec2VecNet(self.old_dim, self.new_dim, cfg)
         self._net.load_state_dict(best.best["state"])
@@ -454,17 +489,36 @@ class Vec2Vec(Translator):
                 self._translate(evalset.old) * guide.lin.translate(evalset.old), axis=1)))
         scores = best.best["scores"]
         self.meta["selection"] = {
-            "criterion": "gram_corr (mutual-NN matched-pair Gram correlation), ties by mnn_ratio",
+            "criterion": ("each restart: its snapshot with the highest gram_corr (mutual-NN "
+                          "matched-pair Gram correlation); among restarts: the highest CSLS gain "
+                          "over the null run"),
             "restarts": [{"seed": run.seed, "best_step": run.best["step"], "steps_run": run.step,
-                          **run.best["scores"]} for run in runs],
+                          **run.best["scores"], "csls_gain": c["csls_gain"],
+                          "knn_sim_gain": c["knn_sim_gain"]} for run, c in zip(runs, calibrated)],
+            "null": {"seed": null.seed, "best_step": null.best["step"], "steps_run": null.step,
+                     **null.best["scores"]},
             "history": [run.history for run in runs],
             "chosen": chosen,
-            "why": f"restart {chosen} (seed {best.seed}) has the highest gram_corr "
-                   f"{scores['gram_corr']:.3f} of {len(runs)} restart(s), at step {best.best['step']}",
+            "why": f"restart {chosen} (seed {best.seed}) gains the most over the null run in CSLS "
+                   f"({calibrated[chosen]['csls_gain']:.3f}) of {len(runs)} restart(s); "
+                   f"snapshot at step {best.best['step']}",
+            "cpu_seconds": round(time.process_time() - cpu_start, 1),
         }
-        aligned, reason = decide_aligned(scores, agreement, None if guide is None else guide.scores, cfg)
+        evidence, reason = decide_aligned(scores, agreement, None if guide is None else guide.scores, cfg)
+        null_conf = calibrated[chosen]
+        aligned = evidence and null_conf["aligned"]
+        if evidence and not null_conf["aligned"]:
+            reason = (f"no better than a random start trained the same way: CSLS gain "
+                      f"{null_conf['csls_gain']:.3f} (min {cfg.min_csls_gain}), knn_sim gain "
+                      f"{null_conf['knn_sim_gain']:.3f} (min {cfg.min_knn_gain}), z "
+                      f"{min(null_conf['csls_z'], null_conf['knn_sim_z']):.1f} (min {cfg.min_z})")
         self.meta["confidence"] = {
             "aligned": aligned, "reason": reason,
+            "against_null": null_conf,
+            "rule": ("aligned = independent evidence (restarts agree, or a trusted linear start "
+                     "agrees) AND, against a null run (random start, same training, no pairs), "
+                     "csls_gain >= min_csls_gain, knn_sim_gain >= min_knn_gain, both z >= min_z "
+                     "(linear.alignment_confidence)"),
             "gram_corr": scores["gram_corr"], "min_gram_corr": cfg.min_gram_corr,
             "mnn_ratio": scores["mnn_ratio"], "min_mnn_ratio": cfg.min_mnn_ratio,
             "cycle_error": scores["cycle_error"],
@@ -477,13 +531,14 @@ class Vec2Vec(Translator):
         """Resuming is only allowed with the same data and the options that
         shape the training (not steps / max_seconds / restarts, which may grow)."""
         from .base import fingerprint
-        skip = {"steps", "max_seconds", "restarts", "progress", "checkpoint_dir",
+        skip = {"steps", "max_seconds", "cpu_budget", "restarts", "progress", "checkpoint_dir",
                 "checkpoint_every", "device"}
         opts = {f.name: getattr(self.config, f.name) for f in fields(self.config) if f.name not in skip}
         blob = json.dumps(opts, sort_keys=True, default=str) + fingerprint(old, new, *(pairs or (None, None)))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def _train_one(self, old, new, pairs, guide, evalset, device, seed, key) -> Run:
+    def _train_one(self, old, new, pairs, guide, evalset, device, seed, key,
+                   cpu_limit: float | None = None) -> Run:
         cfg = self.config
         run = Run(self.old_dim, self.new_dim, cfg, device, seed)
         ckpt = Path(cfg.checkpoint_dir) / f"restart-{seed}.pt" if cfg.checkpoint_dir else None
@@ -499,9 +554,11 @@ class Vec2Vec(Translator):
         total = cfg.steps + (cfg.init_steps if guide is not None else 0)
 
         bar = _progress(cfg, total, run.step, f"vec2vec seed {seed}")
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         while run.step < total:
             if cfg.max_seconds is not None and time.monotonic() - started > cfg.max_seconds:
+                break
+            if cpu_limit is not None and time.process_time() - cpu_started > cpu_limit:
                 break
             ix = torch.randint(len(X), (cfg.batch_size,), generator=run.batches).to(device)
             iy = torch.randint(len(Y), (cfg.batch_size,), generator=run.batches).to(device)
@@ -535,17 +592,17 @@ class Vec2Vec(Translator):
     guide: Translator | None = None  # set to a fitted linear translator to reuse it
 
     def _linear_guide(self, old, new, pairs) -> "_Guide":
+        """The best linear map available: ``auto`` on the pairs when there are
+        some (Procrustes unless a rival is clearly better), else the
+        unsupervised linear translator."""
         from . import make_translator
         if self.guide is not None:
             if (self.guide.old_dim, self.guide.new_dim) != (self.old_dim, self.new_dim):
                 raise UsageError("the guide translator was fitted for other dimensions",
                                  "fit the guide on the same old and new samples")
             return _Guide(self.guide, old, new)
-        try:
-            lin = make_translator("linear", seed=self.config.seed) if _accepts_seed() else make_translator("linear")
-        except (ImportError, AttributeError):
-            raise UsageError("init='linear' needs the unsupervised linear translator, which is not "
-                             "available in this installation", "use init='random'") from None
+        method = "auto" if pairs is not None else "linear"
+        lin = make_translator(method, seed=self.config.seed)
         lin.fit(old, new, pairs)
         return _Guide(lin, old, new)
 
@@ -572,12 +629,33 @@ class Vec2Vec(Translator):
         self._net.eval()
 
 
-def _accepts_seed() -> bool:
-    try:
-        from . import translator_class
-        return any(f.name == "seed" for f in fields(translator_class("linear").Config))
-    except Exception:
-        return False
+NULL_SEED = 10_000  # the null run's seed offset (its own training checkpoint file)
+
+
+class _RandomRotation:
+    """The null's start: a random (semi-)orthogonal map, shaped like a linear
+    translator (translate / inverse) so that it is distilled the same way."""
+
+    method = "random rotation"
+
+    def __init__(self, old_dim: int, new_dim: int, seed: int):
+        from .linear import random_rotation
+        self.w = random_rotation(old_dim, new_dim, np.random.default_rng([seed, NULL_SEED]))
+        self.meta: dict = {}
+
+    def translate(self, x):
+        return _normalise(_normalise(x) @ self.w)
+
+    def inverse(self, y):
+        return _normalise(_normalise(y) @ self.w.T)
+
+
+@torch.no_grad()
+def _translate_with(run: "Run", x: np.ndarray, old_dim, new_dim, cfg) -> np.ndarray:
+    """Translate with a run's best snapshot (not its last weights)."""
+    net = Vec2VecNet(old_dim, new_dim, cfg)
+    net.load_state_dict(run.best["state"])
+    return net.eval().translate(torch.from_numpy(x)).numpy()
 
 
 # --- the step -----------------------------------------------------------------------
