@@ -51,6 +51,10 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
         raise DataError(f"source collection '{src_uri.collection}' is empty",
                         "point the plan at a collection that holds vectors")
     field = _choose_text_field(info, text_field)
+    if strategy in ("reembed", "hybrid") and not field:
+        raise UsageError(f"--strategy {strategy} encodes each point's stored text, but the source "
+                         "has no text field", "pass --text-field NAME (the field that holds each "
+                         "point's text), or --strategy translate")
     if not texts and not field:
         raise UsageError("no texts for the new model: the source stores no text field and no "
                          "--texts file was given", "pass --texts FILE (one text per line, .jsonl, "

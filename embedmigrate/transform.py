@@ -112,9 +112,10 @@ class ReembedTransform(Transform):
         self.only_text = only_text
         self.new_dim = int(encoder.dim)
         if translator is not None and int(translator.new_dim) != self.new_dim:
-            raise DataError(f"the translator writes {translator.new_dim}-d vectors but model "
-                            f"'{model}' encodes {self.new_dim}-d ones",
-                            "retrain the translator for this model: embedmigrate train PLAN --retrain")
+            raise DataError(f"model '{model}' now encodes {self.new_dim}-d vectors, but the "
+                            f"translator trained for it writes {translator.new_dim}-d ones",
+                            "point [model] new at the model (and endpoint settings) the translator "
+                            "was trained with, or retrain: embedmigrate train PLAN --retrain")
 
     def apply(self, batch: Batch) -> tuple[Batch, Counts]:
         texts = batch.texts(self.text_field)
