@@ -76,7 +76,11 @@ class Encoder:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = self._native_dim()
+            dim = self._native_dim()
+            if dim < 1:
+                raise DataError(f"encoder {self.name} returned empty vectors (dimension 0)",
+                                "check the model / endpoint returns an embedding for each input")
+            self._dim = dim
         return self._dim
 
     def encode(self, texts, batch_size: int | None = None, show_progress: bool = False,
