@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok / PASS, 1 FAIL or a failed step, 2 usage (bad arguments, plan
 or URI), 3 WARN, 4 not found, 5 conflict (target exists, job locked),
-6 unavailable (server unreachable), 7 bad data, 130 interrupted.
+6 unavailable (server unreachable), 7 bad data, 8 apply stopped by a budget
+(--max-docs/--max-seconds/--max-tokens; progress saved, re-run to resume), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -148,12 +149,15 @@ def main():
 @click.option("--baseline", type=click.Choice(["today", "none"]), default="today", show_default=True,
               help="none: the old model is being retired; compare with a full re-embed instead.")
 @click.option("--checkpoint", default="", help="Checkpoint dir (default checkpoints/SOURCE-to-MODEL).")
+@click.option("--strategy", type=click.Choice(["translate", "reembed", "hybrid", "auto"]), default="auto",
+              show_default=True, help="translate the stored vectors; reembed the stored texts with the new "
+              "model; hybrid: translate, cut over, then re-embed in the background (embedmigrate run).")
 @click.option("-o", "--output", default="plan.toml", show_default=True)
 @json_option
 @handled
 def plan(source, to_model, from_model, texts, text_column, text_field, target, live_name, method,
-         sample_old, sample_new, pairs, queries, qrels, group_field, baseline, checkpoint, output,
-         as_json):
+         sample_old, sample_new, pairs, queries, qrels, group_field, baseline, checkpoint,
+         strategy, output, as_json):
     """Inspect SOURCE and write a commented plan file."""
     from . import commands
     from .plan import load_plan
@@ -161,7 +165,8 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
                            text_field=text_field, from_model=from_model, target=target,
                            live_name=live_name, method=method, sample_old=sample_old,
                            sample_new=sample_new, pairs=pairs, queries=queries, checkpoint=checkpoint,
-                           qrels=qrels, group_field=group_field, baseline=baseline)
+                           qrels=qrels, group_field=group_field, baseline=baseline,
+                           strategy=strategy)
 
     def human(r):
         s, e = r["source"], r["estimate"]
@@ -172,6 +177,7 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
                    f"({smp['holdout']} held out), {smp['new']} fresh texts; "
                    f"~{e['train_minutes_cpu']} min CPU (~{e['train_minutes_gpu_estimate']} min GPU, estimated)")
         click.echo(f"apply    ~{e['apply_minutes']} min, target ~{e['target_disk_mb']} MB")
+        click.echo(f"strategy {r['strategy_resolved']} ({r['strategy_reason']})")
         click.echo(f"cutover  {r['cutover']} (only after the quality gate passes)")
         click.echo(f"evidence {r['evidence']}" + ("" if r["evidence"] != "none" else
                    ": the gate can say at most WARN (unproven); give --queries/--qrels or --group-field"))
@@ -221,6 +227,35 @@ def parallel_options(fn):
                         help="Parts copied at once (default: the plan's [apply] workers).")(fn)
 
 
+BUDGET_STOPPED = 8  # apply stopped by a budget: progress saved, re-run to resume
+
+
+def budget_options(fn):
+    fn = click.option("--max-tokens", type=int, default=None,
+                      help="Stop (resumably) after about this many encoder tokens (HTTP encoders: "
+                           "the endpoint's usage, else an estimate).")(fn)
+    fn = click.option("--max-seconds", type=float, default=None,
+                      help="Stop (resumably) after this many seconds of copying.")(fn)
+    return click.option("--max-docs", type=int, default=None,
+                        help="Stop (resumably) after about this many points (whole batches).")(fn)
+
+
+def _budget(max_docs, max_seconds, max_tokens) -> dict:
+    """The budget options given; zero or less is a usage error (omit one for no limit)."""
+    from .errors import UsageError
+    given = {"max_docs": max_docs, "max_seconds": max_seconds, "max_tokens": max_tokens}
+    for name, value in given.items():
+        if value is not None and not value > 0:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {value:g} is not a budget: it must be more than 0",
+                             f"give {flag} a positive number, or leave it out for no limit")
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _echo_budget_stop(r) -> None:
+    click.echo(r["message"])
+
+
 @main.command()
 @click.argument("plan_file", metavar="PLAN")
 @click.option("--dry-run", is_flag=True, help="Quality report on a sample only; writes no database.")
@@ -228,12 +263,15 @@ def parallel_options(fn):
 @click.option("--no-cutover", is_flag=True, help="Rewrite and verify, but do not cut over.")
 @click.option("--report-dir", default=None, help="Where the dry-run report goes (default PLAN.state/report).")
 @parallel_options
+@budget_options
 @json_option
 @handled
-def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, as_json):
+def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, max_docs, max_seconds,
+          max_tokens, as_json):
     """Rewrite the collection into the target; cut over on PASS."""
     from . import commands
     from .report import exit_code_for
+    budget = _budget(max_docs, max_seconds, max_tokens)
     if dry_run:
         report, paths = commands.dry_run(plan_file, out_dir=report_dir, progress=not as_json)
         d = report.to_dict()
@@ -251,7 +289,10 @@ def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, 
         emit(result, as_json, human)
         sys.exit(exit_code_for(report.verdict))
     result = commands.apply(plan_file, force=force, progress=not as_json, cutover=not no_cutover,
-                            workers=workers, executor=executor)
+                            workers=workers, executor=executor, budget=budget)
+    if result.get("budget_exhausted"):
+        emit(result, as_json, _echo_budget_stop)
+        sys.exit(BUDGET_STOPPED)
 
     def human(r):
         click.echo(f"wrote {r['written']} vectors to {r['target']}; ids match: {r['ids_match']}")
@@ -337,21 +378,29 @@ def cleanup(plan_file, drop_old, drop_target, as_json):
 @click.argument("plan_file", metavar="JOB")
 @click.option("--force", is_flag=True, help="Cut over again after a rollback.")
 @parallel_options
+@budget_options
 @json_option
 @handled
-def run(plan_file, force, workers, executor, as_json):
+def run(plan_file, force, workers, executor, max_docs, max_seconds, max_tokens, as_json):
     """Advance a scheduled migration by one step (for cron / Kubernetes CronJobs).
+    A hybrid job goes on after its cutover with background re-embed passes.
 
     Exit code: 0 when the step is done (verify said PASS, or nothing is left to do),
     1 when verify's verdict is FAIL, 3 when it is WARN: a scheduler sees a migration
     that cannot go on."""
     from . import commands
     from .report import exit_code_for
-    result = commands.run(plan_file, progress=not as_json, force=force, workers=workers,
-                          executor=executor)
-    emit(result, as_json,
-         lambda r: click.echo(f"step {r['step']}: " + json.dumps({k: v for k, v in r.items() if k != 'step'},
-                                                                  default=str)))
+    budget = _budget(max_docs, max_seconds, max_tokens)
+
+    def human(r):
+        if r.get("budget_exhausted"):
+            click.echo(f"step {r['step']}: {r['message']}")
+            return
+        click.echo(f"step {r['step']}: " + json.dumps({k: v for k, v in r.items() if k != 'step'},
+                                                      default=str))
+    result = commands.advance(plan_file, progress=not as_json, force=force, workers=workers,
+                              executor=executor, budget=budget)
+    emit(result, as_json, human)
     sys.exit(exit_code_for(result["verdict"]) if result.get("verdict") else ExitCode.OK)
 
 
@@ -362,7 +411,8 @@ def run(plan_file, force, workers, executor, as_json):
 def status(plan_file, as_json):
     """Where a migration job stands."""
     from . import commands
-    emit(commands.status(plan_file), as_json, _print_status)
+    emit({**commands.status(plan_file), **commands.strategy_status(plan_file)}, as_json,
+         _print_status)
 
 
 def _print_status(result: dict) -> None:

@@ -14,6 +14,7 @@ the source collection except reads, until an explicit cutover.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -39,7 +40,7 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
          text_field: str | None = None, from_model: str = "", target: str = "", live_name: str = "",
          method: str = "auto", sample_old: int | None = None, sample_new: int | None = None,
          pairs: int | None = None, queries: str = "", checkpoint: str = "", qrels: str = "",
-         group_field: str = "", baseline: str = "today") -> dict:
+         group_field: str = "", baseline: str = "today", strategy: str = "auto") -> dict:
     """Inspect the source and write a plan file. Returns the plan and its estimates.
 
     Evidence for the gate: ``queries`` (+ ``qrels``, BEIR layout) are labelled
@@ -55,6 +56,10 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
         raise DataError(f"source collection '{src_uri.collection}' is empty",
                         "point the plan at a collection that holds vectors")
     field = _choose_text_field(info, text_field)
+    if strategy in ("reembed", "hybrid") and not field:
+        raise UsageError(f"--strategy {strategy} encodes each point's stored text, but the source "
+                         "has no text field", "pass --text-field NAME (the field that holds each "
+                         "point's text), or --strategy translate")
     if not texts and not field:
         raise UsageError("no texts for the new model: the source stores no text field and no "
                          "--texts file was given", "pass --texts FILE (one text per line, .jsonl, "
@@ -92,6 +97,8 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
         p.group_proposal = evidence_found.get("proposal") or {}
     p.estimate = estimate(info.count, info.dim, encoder.dim, n_old, n_pairs + n_new, speed, method,
                           n_pairs)
+    p.strategy.name = strategy
+    p.strategy.reason = resolve_strategy(p)[1]
     from .plan import validate
     validate(p, str(output))  # before writing: a bad plan leaves no file behind
     out = p.write(output)
@@ -100,6 +107,8 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
             "group_field_proposed": p.group_proposal or None,
             "live_name": p.target.live_name, "new_model": to_model, "new_dim": encoder.dim,
             "sample": p.to_dict()["sample"], "method": method, "estimate": p.estimate,
+            "strategy": strategy, "strategy_resolved": resolve_strategy(p)[0],
+            "strategy_reason": p.strategy.reason,
             "cutover": _cutover_description(src_uri.engine, p.target.live_name, target_name)}
 
 
@@ -421,7 +430,11 @@ def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
     sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
     report = _evaluate(plan, translator, sample, info, progress=progress)
     paths = report.write(Path(out_dir) if out_dir else plan.state_dir / "report")
-    JobState(plan.state_dir).update(last_report=str(paths.get("html")), last_verdict=report.verdict)
+    state = JobState(plan.state_dir)
+    state.update(last_report=str(paths.get("html")), last_verdict=report.verdict)
+    if not state.get("apply_started") and report.decision:  # what an `auto` strategy will follow
+        state.update(recommendation=report.decision.get("recommendation"),
+                     recommendation_reason=report.decision.get("reason"))
     return report, paths
 
 
@@ -494,10 +507,9 @@ def gather_evidence(plan: Plan, translator: Translator, sample: Batch, info, *, 
 
 
 def _migrated_road(plan: Plan) -> str:
-    """Which road the target will hold: the translation, or native encodings."""
-    strategy = getattr(plan, "strategy", None)
-    name = getattr(strategy, "name", strategy) if strategy is not None else "translate"
-    return "reembed" if name == "reembed" else "translate"
+    """Which road the target will hold: native encodings (reembed), else the
+    translation (hybrid cuts over its translation first)."""
+    return "reembed" if resolve_strategy(plan)[0] == "reembed" else "translate"
 
 
 def _query_vectors(plan: Plan, doc_ids: list):
@@ -532,12 +544,16 @@ def _add_written_check(report, expected: np.ndarray, written: np.ndarray) -> Non
 # --- apply ------------------------------------------------------------------------
 
 def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutover: bool = True,
-          workers: int | None = None, executor: str | None = None) -> dict:
+          workers: int | None = None, executor: str | None = None, budget=None) -> dict:
     """Rewrite, verify, gate and (on PASS or ``force``) cut over. Resumable and idempotent.
-    ``workers`` and ``executor`` ("local" threads or "ray") override the plan's [apply]."""
+    ``workers`` and ``executor`` ("local" threads or "ray") override the plan's [apply];
+    ``budget`` (``transform.Budget``) stops the rewrite early, resumably."""
     plan = _as_plan(plan)
     with RunLock(plan.state_dir) as lock:
-        result = rewrite(plan, lock, progress=progress, workers=workers, executor=executor)
+        result = rewrite(plan, lock, progress=progress, workers=workers, executor=executor,
+                         budget=as_budget(plan, budget))
+        if result.get("budget_exhausted"):  # not finished: nothing to verify yet
+            return result
         result.update(verify(plan, lock, progress=progress, with_report=True))
         report = result.pop("_report")
         if cutover and (result["verdict"] == "PASS" or force):
@@ -571,22 +587,33 @@ def cutover(plan: Plan | str, *, force: bool = False) -> dict:
 
 
 def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | None = None,
-            executor: str | None = None) -> dict:
-    """scan -> translate -> write over the source's parts, progress persisted after
-    every batch. ``workers``/``executor`` override the plan's [apply] for this run."""
+            executor: str | None = None, budget=None) -> dict:
+    """scan -> transform (translate or re-embed, the plan's strategy) -> write over the
+    source's parts, progress persisted after every batch. ``workers``/``executor``
+    override the plan's [apply] for this run; ``budget`` stops it early, resumably."""
+    from .transform import PROVENANCE_KEYS, Budget
     state = JobState(plan.state_dir)
+    if state.reached("trained") and not state.get("apply_started"):
+        _fix_strategy(plan, state, progress=progress)
+    strategy = resolve_strategy(plan)[0]
     if not state.reached("trained"):
-        raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}")
+        raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}"
+                         + (" (re-embed uses it for points without text and for the quality gate)"
+                            if strategy == "reembed" else ""))
     kind = executor or plan.apply.executor
     if kind == "ray":
         parallel.check_ray_reachable(plan.source.uri, plan.target.uri)
     src = open_collection(plan.source.uri)
     info = src.describe()
     _check_source_unchanged(plan, info)
-    translator = _load_translator(plan, info)
+    transform = make_transform(plan, info, strategy)
+    if strategy == "reembed" and not state.get("apply_started"):
+        _check_source_has_texts(plan, src)
     dst = open_collection(plan.target.uri)
     started = state.get("apply_started", False)
-    _create_target(state, dst, info, translator.new_dim, plan.apply.if_exists, started)
+    _create_target(state, dst, info, transform.new_dim, plan.apply.if_exists, started)
+    if strategy != "translate":
+        dst.add_text_fields(PROVENANCE_KEYS)
     n_workers = workers or plan.apply.workers
     if not started or not state.get("parts"):
         parts = _initial_parts(state, src, plan.apply.parts or _auto_parts(src, info.count, n_workers))
@@ -595,30 +622,42 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
     parts = state.get("parts")
     jobs = [parallel.PartJob(k, p["part"], p["cursor"]) for k, p in enumerate(parts) if not p["done"]]
     bar = tqdm(total=info.count, initial=min(state.get("written", 0), info.count), unit="vec",
-               desc=f"apply ({n_workers} worker{'s' * (n_workers > 1)})", disable=not progress,
-               smoothing=0.1)
+               desc=f"{'re-embed' if strategy == 'reembed' else 'apply'} ({n_workers} worker"
+                    f"{'s' * (n_workers > 1)})", disable=not progress, smoothing=0.1)
     runner = parallel.make_executor(kind, n_workers, plan.apply.ray_address)
+    budget = budget if budget is not None else Budget()  # catch-up: no limit
+    started_at, stopped = time.monotonic(), None
     try:
-        copier = runner.start(plan.source.uri, plan.target.uri, translator, plan.checkpoint_dir,
+        copier = runner.start(plan.source.uri, plan.target.uri, transform, plan.checkpoint_dir,
                               plan.apply.batch_size)
         for index, event in parallel.run_parts(jobs, runner, copier):
             part = parts[index]
             if event == parallel.DONE:
                 part["done"] = True
             else:
-                part["cursor"], n, h = event
+                part["cursor"], n, h = event[:3]
                 part["written"] += n
                 part["id_hash"] = (part["id_hash"] + h) % (1 << 64)
+                counts = event[3] if len(event) > 3 else {}
+                _add_counts(part, counts)
+                budget.add(n, counts.get("tokens", 0))
                 bar.update(n)
-            state.update(parts=parts, **_totals(parts, state))
+            state.update(parts=parts, **_totals(parts, state), **_count_totals(parts))
             lock.heartbeat()
+            stopped = budget.exhausted(time.monotonic() - started_at)
+            if stopped and not all(p["done"] for p in parts):
+                break
+            stopped = None
     finally:
         bar.close()
         runner.close()
+    if stopped:
+        return _budget_stop(plan, state, stopped, budget, info.count)
     dst.finish_write()
     state.update(stage="applied")
     return {"stage": "applied", "written": state.get("written"), "target": plan.target.uri,
-            "parts": len(parts), "workers": n_workers, "executor": kind}
+            "parts": len(parts), "workers": n_workers, "executor": kind, "strategy": strategy,
+            **_count_totals(parts)}
 
 
 def _create_target(state: JobState, dst, info, dim: int, if_exists: str, started: bool) -> None:
@@ -1001,3 +1040,287 @@ def translate_file(checkpoint, input_path, output_path, *, inverse: bool = False
 def _as_plan(p) -> Plan:
     return p if isinstance(p, Plan) else load_plan(p)
 
+
+
+# --- strategies: translate, re-embed, hybrid ------------------------------------------
+
+def resolve_strategy(plan: Plan, recommendation: str | None = None) -> tuple[str, str]:
+    """The strategy the job runs (translate | reembed | hybrid) and why.
+
+    ``auto`` follows the decision report's ``recommendation`` when one is given
+    (translate, reembed, hybrid; keep and bridge migrate nothing new, so they
+    resolve to translate, the reversible road, and say so); without one it
+    translates."""
+    name = plan.strategy.name
+    if name != "auto":
+        return name, f"set in the plan ([strategy] name = \"{name}\")"
+    if recommendation is None and plan.path is not None:
+        state = JobState(plan.state_dir)
+        if state.get("strategy_chosen"):  # fixed when the rewrite started: never changes mid-job
+            return state.get("strategy_chosen"), state.get("strategy_reason", "")
+        recommendation = state.get("recommendation")
+    if recommendation in ("translate", "reembed", "hybrid"):
+        if recommendation != "translate" and not plan.source.text_field:
+            return "translate", (f"auto: the decision report recommends {recommendation}, but the "
+                                 "source stores no text to encode")
+        return recommendation, f"auto: the decision report recommends {recommendation}"
+    if recommendation in ("keep", "bridge"):
+        return "translate", (f"auto: the decision report recommends {recommendation} (no rewrite); "
+                             "set [strategy] name to run a migration anyway")
+    if not plan.source.text_field:
+        return "translate", "auto: the source stores no text, so only translation is possible"
+    return "translate", ("auto: no decision report yet, so translating; set [strategy] name = "
+                         "\"reembed\" or \"hybrid\" to encode the stored texts with the new model")
+
+
+def _fix_strategy(plan: Plan, state: JobState, *, progress: bool = False) -> None:
+    """Before the first batch: an ``auto`` plan takes the decision report's
+    recommendation (measured now if no dry run recorded one), and the choice is
+    recorded so every later run of this job uses the same strategy."""
+    if plan.strategy.name == "auto" and state.get("recommendation") is None:
+        src = open_collection(plan.source.uri)
+        try:
+            info = src.describe()
+            sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
+        finally:
+            src.close()
+        _, decision = gather_evidence(plan, _load_translator(plan, info), sample, info,
+                                      progress=progress)
+        state.update(recommendation=decision.get("recommendation"),
+                     recommendation_reason=decision.get("reason"))
+    chosen, reason = resolve_strategy(plan)
+    state.update(strategy_chosen=chosen, strategy_reason=reason)
+
+
+def make_transform(plan: Plan, info=None, strategy: str | None = None, *, only_text: bool = False):
+    """The transform of the plan's strategy (``embedmigrate.transform``). Hybrid's first
+    phase translates, recording provenance; its background passes re-embed."""
+    from .transform import ReembedTransform, TranslateTransform
+    strategy = strategy or resolve_strategy(plan)[0]
+    trained = (plan.checkpoint_dir / "translator.json").exists()
+    if strategy == "translate":
+        return TranslateTransform(_load_translator(plan, info))
+    if strategy == "hybrid" and not only_text:
+        return TranslateTransform(_load_translator(plan, info), provenance=plan.model.new)
+    from .encoders import open_encoder
+    return ReembedTransform(open_encoder(plan.model.new), plan.source.text_field, model=plan.model.new,
+                            translator=_load_translator(plan, info) if trained else None,
+                            encode_batch=plan.strategy.encode_batch or None, only_text=only_text)
+
+
+def _check_source_has_texts(plan: Plan, src, n: int = 256) -> None:
+    """Refuse a re-embed, before anything is written, when a sample of the source holds
+    no text in the plan's text field."""
+    from .transform import has_text
+    sample = src.sample(n, seed=plan.sample.seed)
+    if not any(has_text(t) for t in sample.texts(plan.source.text_field)):
+        raise DataError(f"none of {len(sample)} sampled points has text in '{plan.source.text_field}': "
+                        "there is nothing to re-embed",
+                        "set [source] text_field to the field that holds each point's text, or "
+                        "[strategy] name = \"translate\"")
+
+
+def plan_budget(plan: Plan, max_docs: int | None = None, max_seconds: float | None = None,
+                max_tokens: int | None = None):
+    """The budget of one apply / run: the options given, else the plan's [strategy] (0: none)."""
+    from .transform import Budget
+    st = plan.strategy
+    return Budget(max_docs=max_docs if max_docs is not None else (st.max_docs or None),
+                  max_seconds=max_seconds if max_seconds is not None else (st.max_seconds or None),
+                  max_tokens=max_tokens if max_tokens is not None else (st.max_tokens or None))
+
+
+def as_budget(plan: Plan, budget=None):
+    """A ``Budget`` from one, from a dict of the options given (None: not given), or
+    the plan's own."""
+    from .transform import Budget
+    if isinstance(budget, Budget):
+        return budget
+    return plan_budget(plan, **(budget or {}))
+
+
+COUNT_KEYS = ("native", "translated", "tokens")
+
+
+def _add_counts(part: dict, counts: dict) -> None:
+    for k in COUNT_KEYS:
+        part[k] = part.get(k, 0) + int(counts.get(k, 0))
+
+
+def _count_totals(parts: list[dict]) -> dict:
+    return {k: sum(p.get(k, 0) for p in parts) for k in COUNT_KEYS}
+
+
+def _budget_stop(plan: Plan, state: JobState, reason: str, budget, total: int,
+                 what: str = "apply") -> dict:
+    used = budget.used
+    written = state.get("written", 0) if what == "apply" else None
+    far = (f"{written} of {total} points written ({100 * written / max(total, 1):.0f}%)"
+           if written is not None else f"{used['docs']} points re-embedded")
+    message = (f"stopped by --{reason.replace('_', '-')}: {used['docs']} points and ~{used['tokens']} "
+               f"tokens this run; {far}; run the same command again to resume")
+    state.update(last_budget_stop={"reason": reason, "used": dict(used), "at": time.time()})
+    return {"stage": state.stage, "budget_exhausted": reason, "message": message,
+            "written": state.get("written"), "this_run": dict(used), "strategy": resolve_strategy(plan)[0],
+            **_count_totals(state.get("parts") or [])}
+
+
+def live_target_uri(plan: Plan, state: JobState | None = None) -> str:
+    """Where the migrated points are served: the target before cutover; after it, the
+    live name on engines whose cutover renames (Chroma, PostgreSQL), the target
+    collection itself behind Qdrant's alias."""
+    state = state or JobState(plan.state_dir)
+    uri = parse_uri(plan.target.uri)
+    if state.stage == "cut_over" and uri.engine != "qdrant":
+        return uri.with_collection(plan.target.live_name).without_password()
+    return plan.target.uri
+
+
+def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: bool = False,
+                 budget=None, workers: int | None = None) -> dict:
+    """One background pass of a hybrid job: re-embed translated points of the live
+    collection in place (their stored text, the new model), within ``budget``.
+
+    The sweep scans the live collection in parts with saved cursors, picks the points
+    whose provenance is ``translated`` and that have text, and overwrites their
+    vectors (provenance ``native``); ids, payloads and documents are kept. A pass
+    killed or stopped by its budget goes on from the cursors next time; a finished
+    sweep is final. Writes are idempotent upserts of the same point."""
+    plan = _as_plan(plan)
+    if lock is None:
+        with RunLock(plan.state_dir) as held:
+            return reembed_pass(plan, held, progress=progress, budget=budget, workers=workers)
+    state = JobState(plan.state_dir)
+    if resolve_strategy(plan)[0] != "hybrid":
+        raise UsageError("background re-embed passes belong to hybrid jobs",
+                         "set [strategy] name = \"hybrid\" in the plan")
+    if state.stage != "cut_over":
+        raise UsageError(f"the job is at stage '{state.stage}': hybrid passes start after the "
+                         "cutover", f"advance it first: embedmigrate run {plan.path}")
+    hybrid = state.get("hybrid") or {}
+    if hybrid.get("done"):
+        return {"pass": hybrid.get("pass", 0), "done": True, **_hybrid_share(state)}
+    live = live_target_uri(plan, state)
+    conn = open_collection(live)
+    transform = make_transform(plan, strategy="reembed", only_text=True)
+    if not hybrid.get("parts"):  # a new sweep
+        parts = [{"part": p, "cursor": None, "written": 0, "id_hash": 0, "done": False}
+                 for p in conn.partitions(_auto_parts(conn, conn.count(), workers or plan.apply.workers))]
+        hybrid = {"pass": 0, "parts": parts, "passes": [], "live": live}
+    hybrid["pass"] = hybrid.get("pass", 0) + 1
+    parts = hybrid["parts"]
+    record = {"pass": hybrid["pass"], "started": time.time(), "native": 0}
+    hybrid["passes"].append(record)
+    state.update(hybrid=hybrid)
+    budget = as_budget(plan, budget)
+    jobs = [parallel.PartJob(k, p["part"], p["cursor"]) for k, p in enumerate(parts) if not p["done"]]
+    n_workers = workers or plan.apply.workers
+    runner = parallel.make_executor("local", n_workers)
+    select = functools.partial(_needs_reembed, text_field=plan.source.text_field)
+    bar = tqdm(total=max(state.get("translated", 0) - state.get("reembedded", 0), 0), unit="vec",
+               desc=f"hybrid pass {hybrid['pass']}", disable=not progress)
+    started_at, stopped = time.monotonic(), None
+    try:
+        copier = runner.start(live, live, transform, plan.checkpoint_dir, plan.apply.batch_size,
+                              select=select)
+        for index, event in parallel.run_parts(jobs, runner, copier):
+            part = parts[index]
+            if event == parallel.DONE:
+                part["done"] = True
+            else:
+                part["cursor"], n = event[0], event[1]
+                part["written"] += n
+                record["native"] += n
+                budget.add(n, event[3].get("tokens", 0) if len(event) > 3 else 0)
+                bar.update(n)
+            state.update(hybrid=hybrid, reembedded=sum(p["written"] for p in parts))
+            lock.heartbeat()
+            stopped = budget.exhausted(time.monotonic() - started_at)
+            if stopped and not all(p["done"] for p in parts):
+                break
+            stopped = None
+    finally:
+        bar.close()
+        runner.close()
+    record.update(finished=time.time(), stopped_by=stopped)
+    if not stopped:
+        hybrid.update(done=True, parts=parts)
+        # the sweep is over: count provenance exactly (a killed pass may have written
+        # batches it never counted)
+        hybrid["final_counts"] = provenance_counts(conn)
+    state.update(hybrid=hybrid, reembedded=sum(p["written"] for p in parts))
+    result = {"pass": hybrid["pass"], "done": bool(hybrid.get("done")), "reembedded_this_pass":
+              record["native"], "live": live, **_hybrid_share(JobState(plan.state_dir))}
+    if stopped:
+        result.update(budget_exhausted=stopped, message=(
+            f"hybrid pass {hybrid['pass']} stopped by --{stopped.replace('_', '-')} after "
+            f"{record['native']} points; {result['share_native']:.0%} of the collection is "
+            "re-embedded; run again to go on"))
+    return result
+
+
+def _needs_reembed(batch: Batch, text_field: str) -> list[int]:
+    """The points of a live batch a hybrid pass re-embeds: translated by us, with text."""
+    from .transform import PROVENANCE_VECTOR, TRANSLATED, has_text
+    texts = batch.texts(text_field)
+    return [i for i, (p, t) in enumerate(zip(batch.payloads, texts))
+            if (p or {}).get(PROVENANCE_VECTOR) == TRANSLATED and has_text(t)]
+
+
+def provenance_counts(conn) -> dict:
+    """Points of a collection by provenance: native, translated, other (not ours)."""
+    from .transform import PROVENANCE_VECTOR
+    counts = {"native": 0, "translated": 0, "other": 0}
+    for batch, _ in conn.scan(4096):
+        for p in batch.payloads:
+            kind = (p or {}).get(PROVENANCE_VECTOR)
+            counts[kind if kind in ("native", "translated") else "other"] += 1
+    return counts
+
+
+def _hybrid_share(state: JobState) -> dict:
+    hybrid = state.get("hybrid") or {}
+    total = state.get("written", 0) or 0
+    exact = hybrid.get("final_counts")
+    native = exact["native"] if exact else state.get("native", 0) + state.get("reembedded", 0)
+    return {"native_points": native, "points": total,
+            "share_native": round(native / total, 4) if total else 0.0,
+            "passes": len(hybrid.get("passes", []))}
+
+
+def strategy_status(plan: Plan | str) -> dict:
+    """What ``status`` adds for re-embed and hybrid jobs: the strategy, the points
+    encoded natively and translated, and a hybrid job's share re-embedded and passes."""
+    plan = _as_plan(plan)
+    state = JobState(plan.state_dir)
+    strategy, reason = resolve_strategy(plan)
+    out = {"strategy": strategy, "strategy_reason": reason}
+    if strategy == "translate":
+        return out
+    out.update({k: state.get(k, 0) for k in COUNT_KEYS})
+    if strategy == "hybrid":
+        hybrid = state.get("hybrid") or {}
+        out.update(_hybrid_share(state), hybrid_done=bool(hybrid.get("done")),
+                   hybrid_passes=hybrid.get("passes", []))
+    if state.get("last_budget_stop"):
+        out["last_budget_stop"] = state.get("last_budget_stop")
+    return out
+
+
+def advance(plan: Plan | str, *, progress: bool = False, force: bool = False,
+            workers: int | None = None, executor: str | None = None, budget=None) -> dict:
+    """``embedmigrate run``: ``run``'s next step, plus what the strategies add: the
+    rewrite step within a budget, and a hybrid job's background passes after its
+    cutover."""
+    plan = _as_plan(plan)
+    state = JobState(plan.state_dir)
+    strategy = resolve_strategy(plan)[0]
+    budget = as_budget(plan, budget)
+    if strategy == "hybrid" and state.stage == "cut_over":
+        return {"step": "reembed_pass", **reembed_pass(plan, progress=progress, budget=budget,
+                                                         workers=workers)}
+    if budget.any() and state.stage in ("trained", "applying"):
+        with RunLock(plan.state_dir) as lock:
+            return {"step": "apply", **rewrite(plan, lock, progress=progress, workers=workers,
+                                               executor=executor, budget=budget)}
+    return run(plan, progress=progress, force=force, workers=workers, executor=executor)

@@ -32,6 +32,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -75,7 +76,11 @@ class Encoder:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = self._native_dim()
+            dim = self._native_dim()
+            if dim < 1:
+                raise DataError(f"encoder {self.name} returned empty vectors (dimension 0)",
+                                "check the model / endpoint returns an embedding for each input")
+            self._dim = dim
         return self._dim
 
     def encode(self, texts, batch_size: int | None = None, show_progress: bool = False,
@@ -126,6 +131,9 @@ class Encoder:
         if vectors.ndim != 2 or vectors.shape[0] != n:
             raise DataError(f"encoder {self.name} returned shape {vectors.shape} for {n} texts",
                             "check the model / endpoint returns one vector per input")
+        if n and vectors.shape[1] == 0:
+            raise DataError(f"encoder {self.name} returned empty vectors (dimension 0)",
+                            "check the model / endpoint returns an embedding for each input")
         if self._dim is None:
             self._dim = int(vectors.shape[1])
         elif vectors.shape[1] != self._dim:
@@ -495,6 +503,8 @@ class OpenAIEncoder(Encoder):
         self.options = options or HTTPOptions()
         self._next_request_at = 0.0
         self.requests_sent = 0  # counting attempts, for reports and tests
+        self.tokens_used = 0  # the endpoint's usage.total_tokens, summed (0 where it reports none)
+        self._usage = threading.local()  # the same, per thread: what one copier's call cost
 
     @property
     def endpoint(self) -> str:
@@ -514,7 +524,19 @@ class OpenAIEncoder(Encoder):
         if self.options.dimensions:
             body["dimensions"] = self.options.dimensions
         reply = self._post(json.dumps(body).encode("utf-8"))
-        return self._parse(reply, len(texts))
+        vectors = self._parse(reply, len(texts))
+        self._count_usage(reply)
+        return vectors
+
+    def _count_usage(self, reply: bytes) -> None:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            tokens = int(json.loads(reply).get("usage", {}).get("total_tokens") or 0)
+            self.tokens_used += tokens
+            self._usage.tokens = getattr(self._usage, "tokens", 0) + tokens
+
+    def tokens_used_here(self) -> int:
+        """Tokens the endpoint reported for this thread's requests so far."""
+        return getattr(self._usage, "tokens", 0)
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json", "Accept": "application/json",

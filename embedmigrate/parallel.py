@@ -26,8 +26,10 @@ from typing import Any, Callable, Iterator
 
 from .connectors import open_collection
 from .errors import EmbedMigrateError, MissingDependencyError, UnavailableError, UsageError
+from .transform import Counts, as_transform
 
-Event = tuple  # (cursor, points written, id checksum of those points)
+# (cursor, points written, id checksum of those points, {"native", "translated", "tokens"})
+Event = tuple
 
 
 @dataclass
@@ -46,18 +48,26 @@ def id_hash(ids) -> int:
     return total % (1 << 64)
 
 
-def copy_part(source_uri: str, target_uri: str, translator, part, cursor,
-              batch_size: int) -> Iterator[Event]:
-    """Copy one part (from ``cursor``), yielding an event after each batch is written."""
+def copy_part(source_uri: str, target_uri: str, transform, part, cursor,
+              batch_size: int, select=None) -> Iterator[Event]:
+    """Copy one part (from ``cursor``), yielding an event after each batch is written.
+
+    ``transform`` (``embedmigrate.transform``; a bare translator means translate)
+    turns each read batch into the batch written. ``select`` (optional) picks the
+    points of a read batch to transform and write (indexes); the event still
+    moves the cursor past the whole batch and counts the points written."""
+    transform = as_transform(transform)
     src, dst = open_collection(source_uri), open_collection(target_uri)
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="embedmigrate-write") as writer:
             pending = None
             for batch, cursor in prefetch(src.scan(batch_size, after=cursor, part=part)):
-                out = batch.replace_vectors(translator.translate(batch.vectors))
+                if select is not None:
+                    batch = _subset(batch, select(batch))
+                out, counts = transform.apply(batch) if len(batch) else (batch, Counts())
                 if pending is not None:
                     yield pending.result()
-                pending = writer.submit(_write, dst, out, cursor)
+                pending = writer.submit(_write, dst, out, cursor, counts)
             if pending is not None:
                 yield pending.result()
     finally:
@@ -65,9 +75,19 @@ def copy_part(source_uri: str, target_uri: str, translator, part, cursor,
         dst.close()
 
 
-def _write(dst, batch, cursor) -> Event:
-    dst.write(batch)
-    return cursor, len(batch), id_hash(batch.ids)
+def _subset(batch, keep: list[int]):
+    from .connectors import Batch
+    if len(keep) == len(batch):
+        return batch
+    docs = [batch.documents[i] for i in keep] if batch.documents is not None else None
+    return Batch([batch.ids[i] for i in keep], batch.vectors[keep], [batch.payloads[i] for i in keep],
+                 docs)
+
+
+def _write(dst, batch, cursor, counts=None) -> Event:
+    if len(batch):
+        dst.write(batch)
+    return cursor, len(batch), id_hash(batch.ids), (counts or Counts()).to_dict()
 
 
 def prefetch(iterator, depth: int = 2):
@@ -115,10 +135,11 @@ class LocalExecutor:
     def __init__(self, workers: int):
         self.workers = max(1, int(workers))
 
-    def start(self, source_uri: str, target_uri: str, translator, checkpoint: Path,
-              batch_size: int) -> Callable[[PartJob], Iterator[Event]]:
-        return lambda job: copy_part(source_uri, target_uri, translator, job.part, job.cursor,
-                                     batch_size)
+    def start(self, source_uri: str, target_uri: str, transform, checkpoint: Path,
+              batch_size: int, select=None) -> Callable[[PartJob], Iterator[Event]]:
+        transform = as_transform(transform)  # one for every thread (models load once)
+        return lambda job: copy_part(source_uri, target_uri, transform, job.part, job.cursor,
+                                     batch_size, select)
 
     def retryable(self, err: BaseException) -> bool:
         return False  # connectors already retry what can be retried
@@ -221,16 +242,18 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, int(workers or cpus))
 
-    def start(self, source_uri: str, target_uri: str, translator, checkpoint: Path,
-              batch_size: int) -> Callable[[PartJob], Iterator[Event]]:
+    def start(self, source_uri: str, target_uri: str, transform, checkpoint: Path,
+              batch_size: int, select=None) -> Callable[[PartJob], Iterator[Event]]:
         ray = self.ray
-        files = {p.name: p.read_bytes() for p in Path(checkpoint).iterdir() if p.is_file()}
+        spec = as_transform(transform).spec()  # rebuilt in each worker process
+        ckpt = Path(checkpoint)
+        files = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()} if ckpt.is_dir() else {}
         ckpt_ref = ray.put(files)
         task = ray.remote(num_returns="streaming", max_retries=0)(_ray_copy_part)
 
         def run(job: PartJob) -> Iterator[Event]:
             stream = task.options(name=f"embedmigrate-part-{job.index}").remote(
-                source_uri, target_uri, ckpt_ref, job.part, job.cursor, batch_size)
+                source_uri, target_uri, ckpt_ref, job.part, job.cursor, batch_size, spec, select)
             for ref in stream:
                 try:
                     yield ray.get(ref)
@@ -251,18 +274,32 @@ class RayExecutor:
 
 
 _translators: dict = {}
+_transforms: dict = {}
 
 
-def _ray_copy_part(source_uri, target_uri, checkpoint_files: dict, part, cursor, batch_size):
-    """A Ray task: load the translator (once per worker process), copy one part."""
-    from .translators import Translator
+def _ray_copy_part(source_uri, target_uri, checkpoint_files: dict, part, cursor, batch_size,
+                   spec: dict | None = None, select=None):
+    """A Ray task: rebuild the transform (once per worker process: models load once),
+    copy one part."""
+    import json
+
+    from .transform import from_spec
+    spec = spec or {"kind": "translate"}
     key = hashlib.sha256(b"".join(checkpoint_files[k] for k in sorted(checkpoint_files))).hexdigest()
-    if key not in _translators:
-        with tempfile.TemporaryDirectory(prefix="embedmigrate-ckpt-") as tmp:
-            for name, data in checkpoint_files.items():
-                (Path(tmp) / name).write_bytes(data)
-            _translators[key] = Translator.load(tmp)
-    yield from copy_part(source_uri, target_uri, _translators[key], part, cursor, batch_size)
+
+    def load_translator():
+        from .translators import Translator
+        if key not in _translators:
+            with tempfile.TemporaryDirectory(prefix="embedmigrate-ckpt-") as tmp:
+                for name, data in checkpoint_files.items():
+                    (Path(tmp) / name).write_bytes(data)
+                _translators[key] = Translator.load(tmp)
+        return _translators[key]
+
+    spec_key = (key, json.dumps(spec, sort_keys=True))
+    if spec_key not in _transforms:
+        _transforms[spec_key] = from_spec(spec, load_translator)
+    yield from copy_part(source_uri, target_uri, _transforms[spec_key], part, cursor, batch_size, select)
 
 
 def make_executor(kind: str, workers: int, address: str = ""):

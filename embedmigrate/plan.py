@@ -71,6 +71,21 @@ class ApplySection:
     ray_address: str = ""  # "" starts a local Ray; "auto" or ray://host:10001 joins a cluster
 
 
+STRATEGIES = ("translate", "reembed", "hybrid", "auto")
+
+
+@dataclass
+class StrategySection:
+    """How the target's vectors are made (see embedmigrate.transform)."""
+    name: str = "translate"  # translate | reembed | hybrid | auto (plans without it: translate)
+    reason: str = ""  # why this strategy (written by `plan`; informational)
+    encode_batch: int = 0  # texts per encoder call when re-embedding; 0: the encoder's default
+    # budgets of one apply / run (0: none); --max-docs / --max-seconds / --max-tokens override
+    max_docs: int = 0
+    max_seconds: float = 0.0
+    max_tokens: int = 0
+
+
 @dataclass
 class GateSection:
     """Evidence and thresholds of the quality gate (see embedmigrate.report.Thresholds)."""
@@ -90,6 +105,7 @@ class Plan:
     sample: SampleSection = field(default_factory=SampleSection)
     train: TrainSection = field(default_factory=TrainSection)
     apply: ApplySection = field(default_factory=ApplySection)
+    strategy: StrategySection = field(default_factory=StrategySection)
     gate: GateSection = field(default_factory=GateSection)
     estimate: dict = field(default_factory=dict)  # informational, written by `plan`
     path: Path | None = None  # where it was read from (not stored)
@@ -167,7 +183,7 @@ def from_dict(data: dict, where: str = "plan") -> Plan:
             continue
         cls = {"source": SourceSection, "target": TargetSection, "model": ModelSection,
                "sample": SampleSection, "train": TrainSection, "apply": ApplySection,
-               "gate": GateSection}.get(key)
+               "strategy": StrategySection, "gate": GateSection}.get(key)
         if cls is None:
             raise UsageError(f"{where}: unknown section [{key}]",
                              "sections are " + ", ".join(f"[{s}]" for s in sections))
@@ -248,6 +264,7 @@ def validate(plan: Plan, where: str = "plan") -> None:
                          "set workers = 1 (or the number of parallel copiers) and parts = 0 (automatic)")
     if plan.apply.executor not in ("local", "ray"):
         raise UsageError(f"{where}: [apply] executor = {plan.apply.executor!r}", "use \"local\" or \"ray\"")
+    _check_strategy(plan, where)
     if not plan.train.checkpoint:
         raise UsageError(f"{where}: [train] checkpoint is empty", "set a checkpoint directory")
     from .translators import REGISTRY
@@ -284,6 +301,22 @@ def _has_labels(plan: Plan) -> bool:
     except (OSError, ValueError):
         return False  # unreadable: reported when the queries are read
     return bool(records) and all(isinstance(r, dict) and "doc_id" in r for r in records)
+
+
+def _check_strategy(plan: Plan, where: str) -> None:
+    """[strategy]: a known name; re-embedding needs the field that holds each point's text."""
+    st = plan.strategy
+    if st.name not in STRATEGIES:
+        raise UsageError(f"{where}: [strategy] name = {_short(st.name)} is unknown",
+                         "use one of " + ", ".join(f'"{s}"' for s in STRATEGIES))
+    if st.name in ("reembed", "hybrid") and not plan.source.text_field:
+        raise UsageError(f"{where}: [strategy] name = \"{st.name}\" needs the text of each point, "
+                         "but [source] has no text_field",
+                         "set source.text_field to the field holding each point's text, or use "
+                         "name = \"translate\"")
+    for name in ("encode_batch", "max_docs", "max_seconds", "max_tokens"):
+        if getattr(st, name) < 0:
+            raise UsageError(f"{where}: [strategy] {name} is negative", f"set {name} >= 0 (0: none)")
 
 
 def _check_train_options(plan: Plan, where: str) -> None:
@@ -338,6 +371,12 @@ _COMMENTS = {
              "already exists (error | resume | replace).\n# The source is split into parts "
              "(parts = 0: automatic); workers copy parts at once, as threads\n# (executor = "
              "\"local\") or as Ray tasks (executor = \"ray\", ray_address: \"\" local, \"auto\", ray://...).",
+    "strategy": "How the new vectors are made. name: translate (map the stored vectors) | "
+                "reembed (encode each point's\n# stored text with the new model; points without "
+                "text are translated) | hybrid (translate, cut over,\n# then re-embed in the "
+                "background with `embedmigrate run`) | auto. Every written point of reembed and\n"
+                "# hybrid records _embedmigrate_model and _embedmigrate_vector (translated | native). "
+                "max_docs, max_seconds,\n# max_tokens: budget of one apply / run (0: none).",
     "gate": "Quality gate: apply cuts over only on PASS (or --force). PASS needs evidence that "
             "search is at least as\n# good as today: labelled queries (queries + qrels, BEIR "
             "layout) or a group_field whose points are\n# siblings (chunks of one source document). "
@@ -355,7 +394,8 @@ def render(plan: Plan) -> str:
            "# embedmigrate apply PLAN. Credentials are never stored here: set PGPASSWORD,",
            "# QDRANT_API_KEY or the variable an encoder's key_env names.", ""]
     d = plan.to_dict()
-    for section in ("source", "target", "model", "sample", "train", "apply", "gate", "estimate"):
+    for section in ("source", "target", "model", "sample", "train", "apply", "strategy", "gate",
+                    "estimate"):
         out.append("# " + _COMMENTS[section])
         out.append(f"[{section}]")
         nested = []

@@ -181,6 +181,10 @@ class Connector(ABC):
     def finish_write(self) -> None:
         """Called once after the bulk load (Postgres builds its index here)."""
 
+    def add_text_fields(self, names) -> None:
+        """Let ``write`` store these extra text payload fields (embedmigrate's provenance).
+        Schemaless stores need nothing; PostgreSQL adds nullable text columns."""
+
     @abstractmethod
     def drop(self) -> None:
         """Delete this collection (used for targets and explicit cleanup only)."""

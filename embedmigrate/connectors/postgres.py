@@ -683,6 +683,18 @@ class PostgresConnector(Connector):
             rows = self._rows(lay, batch, cols[2:])
             self._upsert(lay, cols, rows)
 
+    @_reconnecting
+    def add_text_fields(self, names) -> None:
+        with self._errors():
+            lay = self._layout(refresh=True)
+            have = {c.name for c in lay.payload}
+            missing = [n for n in names if n not in have]
+            if missing:
+                self.conn.execute(sql.SQL("ALTER TABLE {} ").format(self._ident()) + sql.SQL(", ").join(
+                    sql.SQL("ADD COLUMN IF NOT EXISTS {} text").format(sql.Identifier(n))
+                    for n in missing))
+                self._layout_cache = None
+
     def _rows(self, lay: Layout, batch: Batch, payload_cols: list[Column]):
         ids = [_id_in(i, lay.id.typname) for i in batch.ids]
         vectors = _encode(batch.vectors, ">f2" if lay.vtype == "halfvec" else ">f4")

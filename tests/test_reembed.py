@@ -1,0 +1,370 @@
+"""Re-embed and hybrid migrations (strategy = reembed | hybrid) on real engines with real
+packaged models: old vectors from WordLlama, new model MiniLM. Each written vector must
+equal MiniLM's encoding of the point's stored text (a point without text: the
+translation of its old vector), with the provenance keys, ids and payloads intact and
+the source untouched, through kill -9, resumes and budget stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedmigrate import commands
+from embedmigrate.connectors import open_collection, parse_uri
+from embedmigrate.encoders import open_encoder
+from embedmigrate.errors import ExitCode
+from embedmigrate.plan import load_plan
+from embedmigrate.transform import NATIVE, PROVENANCE_KEYS, PROVENANCE_MODEL, PROVENANCE_VECTOR, TRANSLATED
+from embedmigrate.translators import Translator
+from fault_helpers import Job, finish, kill9, start_cli, wait_until
+
+N = 300
+BATCH = 25
+NO_TEXT = 7  # index of the one point stored without text: it is translated, and counted
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return open_encoder("minilm")
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """WordNet entries (shipped sample) with WordLlama vectors: the 'old model'."""
+    from embedmigrate.demo_data import load_wordnet_sample
+    docs, _ = load_wordnet_sample()
+    texts = [d["text"] for d in docs[:N]]
+    old = open_encoder("wordllama").encode(texts)
+    ids = list(range(1, N + 1))
+    payloads = [{"text": t, "title": t.split(":")[0], "n": i} for i, t in zip(ids, texts)]
+    payloads[NO_TEXT]["text"] = ""
+    return ids, old.astype(np.float32), payloads
+
+
+def _store(request, name: str):
+    if name == "qdrant_local":  # a store this process does not keep open (apply runs as a child)
+        from test_faults import _QdrantLocalStore
+        return _QdrantLocalStore()
+    return request.getfixturevalue(name)
+
+
+def _release(store) -> None:
+    """Close this process's client of a Qdrant local store so a child process can open it."""
+    if hasattr(store, "path") and store.engine == "qdrant":
+        from embedmigrate.connectors.qdrant import close_shared_client
+        close_shared_client(store.path)
+
+
+def _env(store, src: str) -> dict:
+    password = parse_uri(store.uri(src)).password
+    return {"PGPASSWORD": password} if password else {}
+
+
+def make_job(store, corpus, tmp_path, fresh_name, monkeypatch, strategy: str, *, model="minilm",
+             batch_size=BATCH) -> Job:
+    ids, old, payloads = corpus
+    src = fresh_name("re")
+    store.populate(src, ids, old, payloads)
+    for k, v in _env(store, src).items():
+        monkeypatch.setenv(k, v)
+    out = commands.plan(store.uri(src), model, output=tmp_path / "plan.toml", text_field="text",
+                        pairs=150, method="ridge", checkpoint=str(tmp_path / "ckpt"), strategy=strategy)
+    plan = load_plan(out["plan"])
+    plan.apply.batch_size = batch_size
+    plan.write(out["plan"])
+    commands.train(out["plan"], progress=False)
+    _release(store)
+    return Job(Path(out["plan"]), Path(out["plan"]).with_name("plan.state"), store.uri(src),
+               out["target"], Translator.load(tmp_path / "ckpt"), N)
+
+
+def read_points(store, uri: str) -> dict:
+    """id -> (vector, payload, document) of a whole collection."""
+    try:
+        out = {}
+        for batch, _ in open_collection(uri).scan(500):
+            docs = batch.documents or [None] * len(batch)
+            for i, v, p, d in zip(batch.ids, batch.vectors, batch.payloads, docs):
+                out[str(i)] = (np.asarray(v, np.float32), dict(p or {}), d)
+        return out
+    finally:
+        _release(store)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def assert_target(source: dict, target: dict, minilm, translator, *, native_ids=None) -> dict:
+    """The target holds exactly the source's ids with their payloads plus provenance;
+    a native point's vector is MiniLM's encoding of its text, a translated one the
+    translation of its old vector. Returns the provenance of every id."""
+    assert set(target) == set(source)
+    kinds = {}
+    for i, (_, payload, document) in target.items():
+        src_payload = source[i][1]
+        assert {k: v for k, v in payload.items() if k not in PROVENANCE_KEYS} == \
+            {k: v for k, v in src_payload.items() if k not in PROVENANCE_KEYS}, i
+        assert document == source[i][2]
+        assert payload[PROVENANCE_MODEL] == "minilm"
+        kinds[i] = payload[PROVENANCE_VECTOR]
+    native = sorted(i for i, k in kinds.items() if k == NATIVE)
+    translated = sorted(i for i, k in kinds.items() if k == TRANSLATED)
+    assert len(native) + len(translated) == len(target)
+    if native_ids is not None:
+        assert set(native) == set(native_ids)
+    if native:
+        want = minilm.encode([source[i][1]["text"] for i in native])
+        cos = _cos(want, np.stack([target[i][0] for i in native]))
+        assert cos.min() > 0.9999, f"id {native[int(np.argmin(cos))]}: cosine {cos.min():.6f}"
+    if translated:
+        want = translator.translate(np.stack([source[i][0] for i in translated]))
+        cos = _cos(want, np.stack([target[i][0] for i in translated]))
+        assert cos.min() > 0.9999, f"id {translated[int(np.argmin(cos))]}: cosine {cos.min():.6f}"
+    return kinds
+
+
+def _untouched(before: dict, after: dict) -> None:
+    assert set(before) == set(after)
+    for i, (v, p, d) in before.items():
+        np.testing.assert_array_equal(after[i][0], v)
+        assert after[i][1] == p and after[i][2] == d
+
+
+# --- reembed end to end, killed mid-run ---------------------------------------------------
+
+@pytest.mark.parametrize("engine_name", ["qdrant_local", "chroma_server_harness", "postgres_tcp_harness"])
+def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minilm, tmp_path, fresh_name,
+                                             monkeypatch):
+    store = _store(request, engine_name)
+    job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "reembed")
+    before = read_points(store, job.source_uri)
+    env = _env(store, parse_uri(job.source_uri).collection)
+
+    proc = start_cli("apply", job.plan, "--no-cutover", "--json", env=env)
+    wait_until(job, proc, 3 * BATCH)
+    kill9(proc)
+    assert 0 < job.written() < N, "the kill must land mid-run"
+    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
+    assert code == ExitCode.OK, err
+    assert json.loads(out)["step"] == "apply"
+
+    state = job.state
+    assert state["stage"] == "applied" and state["written"] == N  # each batch counted once
+    assert state["native"] == N - 1 and state["translated"] == 1
+    kinds = assert_target(before, read_points(store, job.target_uri), minilm, job.translator)
+    assert [i for i, k in kinds.items() if k == TRANSLATED] == [str(NO_TEXT + 1)]
+    _untouched(before, read_points(store, job.source_uri))
+
+
+def test_translate_strategy_writes_no_provenance(chroma_embedded_harness, corpus, tmp_path, fresh_name,
+                                                 monkeypatch):
+    """Old plans and `--strategy translate` keep today's behaviour: payloads copied untouched."""
+    job = make_job(chroma_embedded_harness, corpus, tmp_path, fresh_name, monkeypatch, "translate")
+    commands.apply(job.plan, progress=False, cutover=False)
+    for _, payload, _ in read_points(chroma_embedded_harness, job.target_uri).values():
+        assert not set(payload) & set(PROVENANCE_KEYS)
+
+
+# --- hybrid: translate, cut over, background passes ------------------------------------------
+
+def _search(store, uri: str, vector: np.ndarray, k: int = 5) -> list[str]:
+    """The live collection searched with the engine's own client."""
+    name = parse_uri(uri).collection
+    if store.engine == "chroma":
+        res = store.client().get_collection(name).query(query_embeddings=[vector.tolist()], n_results=k)
+        return [str(i) for i in res["ids"][0]]
+    from pgvector.psycopg import register_vector
+    from psycopg import sql
+    with store.connect() as conn:
+        register_vector(conn)
+        rows = conn.execute(sql.SQL("SELECT id FROM {} ORDER BY embedding <=> %s LIMIT %s").format(
+            sql.Identifier(name)), (vector, k)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _wait_reembedded(job: Job, proc, at_least: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if int(job.state.get("reembedded") or 0) >= at_least:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (exit {proc.returncode}): {proc.communicate()[1][-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"reembedded stayed below {at_least}")
+
+
+def _check_stage(store, job, before, minilm, live) -> dict:
+    """Provenance and vectors correct, search answers, a native point finds itself."""
+    target = read_points(store, live)
+    kinds = assert_target(before, target, minilm, job.translator)
+    native = [i for i, k in kinds.items() if k == NATIVE]
+    some = native[0] if native else "1"
+    hits = _search(store, live, minilm.encode([before[some][1]["text"]])[0])
+    assert len(hits) == 5 and set(hits) <= set(before)
+    if native:
+        assert hits[0] == some
+    return kinds
+
+
+@pytest.mark.parametrize("engine_name", ["chroma_server_harness", "postgres_tcp_harness"])
+def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpus, minilm, tmp_path,
+                                                     fresh_name, monkeypatch):
+    store = request.getfixturevalue(engine_name)
+    job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "hybrid")
+    before = read_points(store, job.source_uri)
+    env = _env(store, parse_uri(job.source_uri).collection)
+
+    # 1. translate everything, cut over (the translation's gate verdict is not the point here)
+    applied = commands.apply(job.plan, progress=False, force=True)
+    assert applied["cutover"] == "done" and applied["translated"] == N
+    live = commands.live_target_uri(load_plan(job.plan))
+    kinds = _check_stage(store, job, before, minilm, live)
+    assert set(kinds.values()) == {TRANSLATED}
+
+    # 2. two background passes, each killed mid-pass; the provenance is right after each
+    seen = 0
+    for _ in range(2):
+        proc = start_cli("run", job.plan, "--json", env=env)
+        _wait_reembedded(job, proc, seen + 2 * BATCH)
+        kill9(proc)
+        kinds = _check_stage(store, job, before, minilm, live)
+        native = sum(k == NATIVE for k in kinds.values())
+        assert seen < native < N - 1
+        seen = int(job.state["reembedded"])
+
+    # 3. a pass stopped by its budget, then one that finishes the sweep
+    code, out, err = finish(start_cli("run", job.plan, "--max-docs", "50", "--json", env=env))
+    assert code == ExitCode.OK, err
+    stopped = json.loads(out)
+    assert stopped["step"] == "reembed_pass" and stopped["budget_exhausted"] == "max_docs"
+    assert stopped["reembedded_this_pass"] >= 50 and not stopped["done"]
+    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
+    assert code == ExitCode.OK, err
+    assert json.loads(out)["done"] is True
+    kinds = _check_stage(store, job, before, minilm, live)
+    assert [i for i, k in kinds.items() if k == TRANSLATED] == [str(NO_TEXT + 1)]
+
+    code, out, err = finish(start_cli("status", job.plan, "--json", env=env))
+    status = json.loads(out)
+    assert status["strategy"] == "hybrid" and status["hybrid_done"] is True
+    assert status["native_points"] == N - 1 and status["share_native"] == round((N - 1) / N, 4)
+    assert len(status["hybrid_passes"]) == 4  # killed, killed, stopped by the budget, finished
+    # the old collection (retired by the cutover) still holds the old vectors and payloads
+    retired = applied["record"].get("retired") or applied["record"].get("retired_name")
+    _untouched(before, read_points(store, parse_uri(job.source_uri).with_collection(retired).raw))
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+def test_budget_stop_then_resume(postgres_tcp_harness, corpus, minilm, tmp_path, fresh_name, monkeypatch):
+    store = postgres_tcp_harness
+    job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "reembed")
+    before = read_points(store, job.source_uri)
+    env = _env(store, parse_uri(job.source_uri).collection)
+
+    code, out, err = finish(start_cli("apply", job.plan, "--max-docs", "100", "--json", env=env))
+    assert code == 8, err
+    result = json.loads(out)
+    assert result["budget_exhausted"] == "max_docs" and result["written"] == 100
+    assert "run the same command again to resume" in result["message"]
+    assert job.state["stage"] == "applying"
+    code, out, err = finish(start_cli("apply", job.plan, "--max-docs", "100", env=env))
+    assert code == 8 and out.count("\n") == 1 and "200 of 300 points written" in out, (out, err)
+
+    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
+    assert code == ExitCode.OK, err
+    assert job.state["written"] == N and job.state["stage"] == "applied"
+    assert_target(before, read_points(store, job.target_uri), minilm, job.translator)
+
+
+@pytest.mark.parametrize("flag", ["--max-docs", "--max-seconds", "--max-tokens"])
+def test_zero_budget_is_a_usage_error(flag, chroma_embedded_harness, corpus, tmp_path, fresh_name,
+                                      monkeypatch):
+    job = make_job(chroma_embedded_harness, corpus, tmp_path, fresh_name, monkeypatch, "reembed")
+    code, out, err = finish(start_cli("apply", job.plan, flag, "0"))
+    assert code == ExitCode.USAGE
+    assert err.count("\n") == 1 and err.startswith("error: ") and flag in err and "fix:" in err
+    assert not open_collection(job.target_uri).exists()
+
+
+# --- bad input: one line naming the fix, nothing written ----------------------------------------
+
+def test_reembed_without_a_text_field(chroma_embedded_harness, corpus, tmp_path, fresh_name):
+    ids, old, payloads = corpus
+    src = fresh_name("notext")
+    chroma_embedded_harness.populate(src, ids, old, [{"title": p["title"]} for p in payloads])
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(p["text"] or "x" for p in payloads))
+    code, out, err = finish(start_cli("plan", chroma_embedded_harness.uri(src), "--to-model", "minilm",
+                                      "--texts", texts, "--strategy", "reembed", "-o", tmp_path / "p.toml"))
+    assert code == ExitCode.USAGE and err.count("\n") == 1
+    assert "no text field" in err and "--text-field" in err
+    assert not (tmp_path / "p.toml").exists()
+
+
+def test_reembed_with_a_text_field_holding_no_text(chroma_embedded_harness, corpus, tmp_path, fresh_name,
+                                                   monkeypatch):
+    ids, old, payloads = corpus
+    empty = [{**p, "text": ""} for p in payloads]
+    for p in empty[:200]:
+        p["text"] = "some text"  # training pairs need text; the apply then meets a source without
+    job = make_job(chroma_embedded_harness, (ids, old, empty), tmp_path, fresh_name, monkeypatch, "reembed")
+    col = chroma_embedded_harness.client().get_collection(parse_uri(job.source_uri).collection)
+    col.update(ids=[str(i) for i in ids], metadatas=[{**p, "text": ""} for p in payloads])
+    code, out, err = finish(start_cli("apply", job.plan))
+    assert code == ExitCode.DATA and err.count("\n") == 1
+    assert "nothing to re-embed" in err and "text_field" in err
+    assert not open_collection(job.target_uri).exists()
+
+
+@pytest.fixture
+def http_minilm(minilm):
+    from embedding_server import EmbeddingServer
+    server = EmbeddingServer(minilm.encode, model="minilm")
+    base = server.start()
+    yield server, base
+    server.stop()
+
+
+@pytest.mark.parametrize("fault", ["wrong_dimension", "empty_vectors", "errors"])
+def test_http_encoder_faults(fault, http_minilm, minilm, chroma_embedded_harness, corpus, tmp_path,
+                             fresh_name, monkeypatch):
+    server, base = http_minilm
+    spec = f"openai+{base}?model=minilm&retries=1&backoff=0.01"
+    job = make_job(chroma_embedded_harness, corpus, tmp_path, fresh_name, monkeypatch, "reembed", model=spec)
+    if fault == "wrong_dimension":
+        server.encode = lambda texts: minilm.encode(texts)[:, :100]
+        expected, words = ExitCode.DATA, "100-d"
+    elif fault == "empty_vectors":
+        server.encode = lambda texts: [[] for _ in texts]
+        expected, words = ExitCode.DATA, "empty vectors"
+    else:
+        server.fail_next = [500] * 10
+        expected, words = ExitCode.UNAVAILABLE, "HTTP 500"
+    code, out, err = finish(start_cli("apply", job.plan))
+    assert code == expected, err
+    assert err.count("\n") == 1 and words in err and "fix:" in err
+    assert not open_collection(job.target_uri).exists()
+    assert job.state.get("written", 0) == 0
+
+
+def test_http_encoder_tokens_budget(http_minilm, minilm, chroma_embedded_harness, corpus, tmp_path,
+                                    fresh_name, monkeypatch):
+    """--max-tokens counts the endpoint's usage where it reports some (here: none, so the
+    estimate of ~4 characters a token), and stops resumably."""
+    server, base = http_minilm
+    spec = f"openai+{base}?model=minilm"
+    job = make_job(chroma_embedded_harness, corpus, tmp_path, fresh_name, monkeypatch, "reembed", model=spec)
+    code, out, err = finish(start_cli("apply", job.plan, "--max-tokens", "1000", "--json"))
+    assert code == 8, err
+    result = json.loads(out)
+    assert result["budget_exhausted"] == "max_tokens" and 0 < result["written"] < N
+    assert result["this_run"]["tokens"] >= 1000
+    code, out, err = finish(start_cli("run", job.plan, "--json"))
+    assert code == ExitCode.OK and job.state["written"] == N, err
