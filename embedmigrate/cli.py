@@ -270,7 +270,7 @@ def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, 
           max_tokens, as_json):
     """Rewrite the collection into the target; cut over on PASS."""
     from . import commands
-    from .report import exit_code_for
+    from .gate import exit_code_for
     budget = _budget(max_docs, max_seconds, max_tokens)
     if dry_run:
         report, paths = commands.dry_run(plan_file, out_dir=report_dir, progress=not as_json)
@@ -320,23 +320,10 @@ def _check_line(c: dict) -> str:
 def _echo_answer(r: dict, table: bool = True) -> None:
     """'Is search better after the migration?' and, on a dry run, the decision table."""
     click.echo(f"evidence {r.get('evidence')}: {r.get('answer')}")
-    dec = r.get("decision") or {}
-    if not table or not dec.get("rows"):
-        return
-    click.echo(f"{'road':10s} {'nDCG@10':>8s} {'vs today':>8s} {'CPU':>10s} {'GPU (est.)':>10s}  what")
-    for row in dec["rows"]:
-        q = row["ndcg"]
-        click.echo(f"{row['road']:10s} {('–' if not q else format(q['mean'], '.3f')):>8s} "
-                   f"{('–' if row['ratio_vs_today'] is None else format(row['ratio_vs_today'], '.2f')):>8s} "
-                   f"{_seconds(row['cpu_seconds']):>10s} {_seconds(row['gpu_seconds_estimate']):>10s}  "
-                   f"{row['what']}")
-    click.echo(f"recommendation {dec['recommendation']}: {dec['reason']}")
-
-
-def _seconds(s) -> str:
-    if s is None:
-        return "–"
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+    if table:
+        from .report import decision_lines
+        for line in decision_lines(r.get("decision") or {}):
+            click.echo(line)
 
 
 @main.command()
@@ -389,7 +376,7 @@ def run(plan_file, force, workers, executor, max_docs, max_seconds, max_tokens, 
     1 when verify's verdict is FAIL, 3 when it is WARN: a scheduler sees a migration
     that cannot go on."""
     from . import commands
-    from .report import exit_code_for
+    from .gate import exit_code_for
     budget = _budget(max_docs, max_seconds, max_tokens)
 
     def human(r):

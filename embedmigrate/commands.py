@@ -443,7 +443,7 @@ def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: 
     """Every check the data allows, and the evidence: search quality of today's
     index, the migrated one and a full re-embed on labelled queries or sibling
     chunks. ``target``: the written collection (verify), searched as it is."""
-    from .report import Thresholds, evaluate
+    from .gate import Thresholds, evaluate
     thresholds = Thresholds.from_dict(plan.gate.thresholds)
     data = _load_eval_data(plan)
     held_out = data["holdout"] if data else None

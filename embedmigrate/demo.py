@@ -51,6 +51,10 @@ def run_demo(workdir, *, engine: str = "chroma", to_model: str = "minilm", from_
 
     echo("[4/6] dry run: quality report (writes no database)")
     report, paths = commands.dry_run(plan_path, progress=progress)
+    echo(f"      evidence {report.to_dict()['evidence']}: {report.answer}")
+    from .report import decision_lines
+    for line in decision_lines(report.decision):
+        echo("      " + line)
     echo(f"      verdict {report.verdict}; report {paths.get('html')}")
 
     echo("[5/6] apply: rewrite into the target, verify, gate")

@@ -502,8 +502,8 @@ def summarise(es: EvalSet, enc: Encoded, roads: dict, *, baseline: str, migrated
         out["ratio"] = {"vs": versus, **ratio_interval(roads[migrated], roads[versus], seed=seed)}
     else:
         out["ratio"] = None
-        out["reason"] = (f"unproven: today's index cannot be searched with the queries (no old "
-                         f"model)" if versus == "today" else
+        out["reason"] = ("unproven: today's index cannot be searched with the queries (no old "
+                         "model)" if versus == "today" else
                          "unproven: no stored texts, so a full re-embed cannot be measured")
     return out
 

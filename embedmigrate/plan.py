@@ -88,7 +88,7 @@ class StrategySection:
 
 @dataclass
 class GateSection:
-    """Evidence and thresholds of the quality gate (see embedmigrate.report.Thresholds)."""
+    """Evidence and thresholds of the quality gate (see embedmigrate.gate.Thresholds)."""
     thresholds: dict = field(default_factory=dict)
     sample: int = 2000  # points of the collection the report measures on
     queries: str = ""  # query texts (.jsonl): BEIR {"_id", "text"} with qrels, or {"text", "doc_id"}
@@ -341,7 +341,7 @@ def _check_train_options(plan: Plan, where: str) -> None:
 
 def _check_thresholds(plan: Plan, where: str) -> None:
     """[gate.thresholds]: known names, numbers (require_aligned: true/false), coherent."""
-    from .report import Thresholds
+    from .gate import Thresholds
     defaults = Thresholds()
     for k, v in plan.gate.thresholds.items():
         default = getattr(defaults, k, None)
@@ -382,7 +382,7 @@ _COMMENTS = {
             "layout) or a group_field whose points are\n# siblings (chunks of one source document). "
             "Without either the verdict is at most WARN (unproven).\n# baseline = \"none\" when "
             "the old model is being retired (compares with a full re-embed instead).\n# "
-            "Thresholds override the defaults in embedmigrate.report.Thresholds.",
+            "Thresholds override the defaults in embedmigrate.gate.Thresholds.",
     "estimate": "Written by `embedmigrate plan` for information; not read back.",
 }
 
