@@ -454,3 +454,50 @@ def test_edge_shards_are_not_reachable_from_ray_workers(qdrant_edge_harness):
     from embedmigrate.parallel import check_ray_reachable
     with pytest.raises(UsageError):
         check_ray_reachable(qdrant_edge_harness.uri("any"))
+
+
+def test_edge_create_like_copies_hnsw_and_payload_indexes(qdrant_edge_harness, fresh_name):
+    import os
+
+    import qdrant_edge
+    from embedmigrate.connectors.qdrant_edge import close_shared_shard, shared_shard
+    edge = qdrant_edge_harness
+    src, dst = fresh_name("eidx"), fresh_name("eidx_dst")
+    path = os.path.join(edge.store, src)
+    config = qdrant_edge.EdgeConfig(
+        vectors=qdrant_edge.EdgeVectorParams(size=4, distance=qdrant_edge.Distance.Euclid),
+        hnsw_config=qdrant_edge.HnswIndexConfig(m=8, ef_construct=50, full_scan_threshold=500))
+    shard, lock = shared_shard(path, create_with=config)
+    with lock:  # Edge's own API, not our writer
+        shard.update(qdrant_edge.UpdateOperation.create_field_index(
+            "title", qdrant_edge.PayloadSchemaType.Keyword))
+        shard.update(qdrant_edge.UpdateOperation.upsert_points(
+            [qdrant_edge.Point(1, [1.0, 2.0, 3.0, 4.0], {"title": "x"})]))
+    close_shared_shard(path)
+    info = open_collection(edge.uri(src)).describe()
+    target = open_collection(edge.uri(dst))
+    target.create_like(info, dim=6)
+    got = target.describe()
+    assert (got.dim, got.metric) == (6, "l2")
+    assert got.settings["hnsw_config"]["m"] == 8 and got.settings["hnsw_config"]["ef_construct"] == 50
+    assert got.settings["payload_schema"] == {"title": {"data_type": "keyword"}}
+
+
+def test_edge_create_killed_half_way_leaves_no_shard_and_does_not_block(qdrant_edge_harness,
+                                                                        fresh_name):
+    """create_like builds the shard in a hidden directory and renames it into place: what
+    a killed create leaves is that hidden directory, which the next create replaces."""
+    import os
+
+    import qdrant_edge
+    edge = qdrant_edge_harness
+    ids, vectors, payloads = make_points(20, 8, seed=12)
+    src, dst = fresh_name("ekill"), fresh_name("ekill_dst")
+    edge.populate(src, ids, vectors, payloads)
+    leftover = os.path.join(edge.store, f".{dst}.creating")  # a create killed before its rename
+    qdrant_edge.EdgeShard.create(leftover, qdrant_edge.EdgeConfig(
+        vectors=qdrant_edge.EdgeVectorParams(size=3, distance=qdrant_edge.Distance.Dot))).close()
+    target = open_collection(edge.uri(dst))
+    assert not target.exists()
+    target.create_like(open_collection(edge.uri(src)).describe(), dim=8)
+    assert target.describe().dim == 8 and not os.path.exists(leftover)

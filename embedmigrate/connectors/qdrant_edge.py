@@ -23,6 +23,8 @@ Engine facts this module is built around:
 * Every update goes to the shard's WAL before ``update`` returns, so a process
   killed with SIGKILL loses nothing it was told was written; ``finish_write``
   flushes the segments and builds the HNSW index (``optimize``).
+* ``create_like`` builds a shard in a hidden sibling (``.NAME.creating``) and
+  renames it into place, so a create that is killed leaves no half-made shard.
 * Cutover: the application opens a *live name*, a symbolic link in the store
   directory that names a shard directory (``/data/edge/docs_live ->
   docs__minilm``). ``cutover`` writes a new link beside it and renames it over
@@ -438,13 +440,28 @@ class QdrantEdgeConnector(Connector):
                                 "choose another target name, or move that directory away")
         os.makedirs(self.store, exist_ok=True)
         self._target = None
-        shared_shard(path, create_with=config)
+        self._create_atomically(config, indexes)
+
+    def _create_atomically(self, config, indexes) -> None:
+        """Build the shard and its payload indexes in a hidden sibling directory, then
+        rename it into place: a process killed half-way leaves no half-made shard
+        under the target's name (the next create removes the hidden leftover)."""
+        building = f".{self.name}.creating"
+        if os.path.lexists(self._path(building)):
+            close_shared_shard(self._path(building))
+            shutil.rmtree(self._path(building))
+        shared_shard(self._path(building), create_with=config)
         try:
             for field, kind in indexes:
-                self._call(self.name, "update", edge.UpdateOperation.create_field_index(field, kind))
+                self._call(building, "update", edge.UpdateOperation.create_field_index(field, kind))
+            self._call(building, "flush")
         except Exception:
-            self.drop()  # nothing half-made is left behind
+            close_shared_shard(self._path(building))
+            shutil.rmtree(self._path(building))
             raise
+        close_shared_shard(self._path(building))  # Edge keeps the path it opened
+        os.rename(self._path(building), self._path(self.name))
+        _fsync_dir(self.store)
 
     def _check_resumable(self, dim: int, metric: str) -> None:
         have = self.describe()
