@@ -294,6 +294,12 @@ def apply(plan_file, dry_run, force, no_cutover, report_dir, workers, executor, 
         emit(result, as_json, _echo_budget_stop)
         sys.exit(BUDGET_STOPPED)
 
+    if result.get("cutover") == "already done":
+        emit(result, as_json, lambda r: click.echo(
+            f"already cut over: {r['target']} serves (verdict {r['verdict']}); nothing to do "
+            "(embedmigrate rollback undoes it)"))
+        sys.exit(ExitCode.OK)
+
     def human(r):
         click.echo(f"wrote {r['written']} vectors to {r['target']}; ids match: {r['ids_match']}")
         for c in r["failed_checks"]:

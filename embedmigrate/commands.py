@@ -550,6 +550,11 @@ def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutov
     ``budget`` (``transform.Budget``) stops the rewrite early, resumably."""
     plan = _as_plan(plan)
     with RunLock(plan.state_dir) as lock:
+        state = JobState(plan.state_dir)
+        if state.stage == "cut_over":  # idempotent: a second apply must not rewrite the live target
+            return {"stage": "cut_over", "cutover": "already done", "record": state.get("cutover"),
+                    "verdict": state.get("last_verdict"), "written": state.get("written"),
+                    "target": plan.target.uri}
         result = rewrite(plan, lock, progress=progress, workers=workers, executor=executor,
                          budget=as_budget(plan, budget))
         if result.get("budget_exhausted"):  # not finished: nothing to verify yet
