@@ -765,8 +765,11 @@ def _require_file(path: Path, what: str) -> None:
 def encode_cached(encoder: Encoder, texts, cache_dir, *, kind: str = "passage",
                   batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
     """``encoder.encode(texts)``, stored in ``cache_dir`` under a key of the
-    encoder fingerprint and the exact texts; a second call reads the file."""
+    encoder fingerprint and the exact texts; a second call reads the file.
+    ``EMBEDMIGRATE_ENCODE_CACHE`` names one folder shared by every job instead
+    (several plans over the same texts encode them once)."""
     texts = _check_texts(texts)
+    cache_dir = os.environ.get("EMBEDMIGRATE_ENCODE_CACHE") or cache_dir
     path = encode_cache_path(encoder, texts, cache_dir, kind=kind)
     if path.exists():
         try:

@@ -155,6 +155,15 @@ from embedmigrate.connectors import open_collection  # noqa: E402
 N_GROUPS, N_SINGLES = 250, 550
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_encode_cache(tmp_path_factory):
+    """Each test plans its own job; the same texts encoded by the same model are
+    encoded once for the module (EMBEDMIGRATE_ENCODE_CACHE), which keeps it fast."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMBEDMIGRATE_ENCODE_CACHE", str(tmp_path_factory.mktemp("encodings")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def grouped():
     from embedmigrate.demo_data import load_wordnet_sample
