@@ -18,7 +18,9 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import ConflictError, UsageError
 
@@ -44,35 +46,124 @@ def atomic_write_text(path: Path, text: str) -> None:
                          "free disk space or fix the permissions of that folder") from None
 
 
+# Which stage may follow which (a stage may always be saved again). Everything else is a
+# bug or a mistake that would lose track of what is live: e.g. retraining after the cutover
+# would let `cleanup --drop-target` drop the collection the application queries.
+TRANSITIONS = {
+    "planned": {"trained"},
+    "trained": {"applying", "applied"},
+    "applying": {"applied", "trained"},  # trained: cleanup --drop-target
+    "applied": {"applying", "verified", "cut_over", "rolled_back", "trained"},
+    "verified": {"applying", "applied", "cut_over", "rolled_back", "trained"},
+    "cut_over": {"rolled_back"},
+    "rolled_back": {"cut_over", "trained"},
+}
+
+
+@dataclass
+class JobRecord:
+    """What state.json holds. Every field but ``stage`` is None until a step sets it;
+    keys this version does not know (older or newer files) are kept in ``extra`` and
+    written back unchanged."""
+
+    stage: str = "planned"
+    # train
+    checkpoint: str | None = None
+    train_metrics: dict | None = None
+    method: str | None = None
+    # apply: the parts of the partitioned copy and the job's totals
+    apply_started: bool | None = None
+    creating_target: bool | None = None
+    parts: list | None = None
+    cursor: Any = None  # a job started before parts existed: its one cursor
+    written: int | None = None
+    id_hash: int | None = None
+    source_count_at_start: int | None = None
+    missing_copied: dict | None = None  # catch-up's share of written / id_hash
+    catch_up: dict | None = None  # a catch-up copy under way: ids file, parts, cursors
+    # verify
+    last_report: str | None = None
+    last_verdict: str | None = None
+    # cutover and rollback
+    cutover: dict | None = None
+    cutover_pending: dict | None = None
+    cutover_forced: bool | None = None
+    cutover_at: float | None = None
+    rolled_back: dict | None = None
+    rolled_back_at: float | None = None
+    old_dropped: str | None = None
+    updated_at: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobRecord":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        """The fields that are set (None is left out, as a key never written was)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "extra" and getattr(self, f.name) is not None}
+        return {**self.extra, **out}
+
+
 class JobState:
-    """state.json as a dict with atomic save."""
+    """state.json as a typed record (``record``) with atomic save; ``get``/``update``
+    read and write it by key, and ``update`` refuses a stage that may not follow."""
 
     def __init__(self, state_dir: Path):
         self.dir = Path(state_dir)
         self.path = self.dir / "state.json"
-        self.data: dict = {"stage": "planned"}
+        self.record = JobRecord()
         if self.path.exists():
             try:
-                self.data = json.loads(self.path.read_text())
-            except ValueError:
+                data = json.loads(self.path.read_text())
+                if not isinstance(data, dict):
+                    raise ValueError("not an object")
+                self.record = JobRecord.from_dict(data)
+            except (ValueError, TypeError):
                 raise UsageError(f"job state {self.path} is corrupt",
                                  f"inspect it; delete {self.dir} to start the job over") from None
 
     @property
+    def data(self) -> dict:
+        return self.record.to_dict()
+
+    @property
     def stage(self) -> str:
-        return self.data.get("stage", "planned")
+        return self.record.stage or "planned"
 
     def reached(self, stage: str) -> bool:
         order = {s: i for i, s in enumerate(STAGES[:-1])}
         return self.stage in order and order[self.stage] >= order[stage]
 
     def update(self, **values) -> None:
-        self.data.update(values)
-        self.data["updated_at"] = time.time()
-        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))
+        if "stage" in values:
+            self._check_transition(values["stage"])
+        for key, value in values.items():
+            if key != "extra" and hasattr(self.record, key):
+                setattr(self.record, key, value)
+            else:
+                self.record.extra[key] = value
+        self.record.updated_at = time.time()
+        atomic_write_text(self.path, json.dumps(self.record.to_dict(), indent=2, default=str))
 
     def get(self, key, default=None):
-        return self.data.get(key, default)
+        value = getattr(self.record, key) if key != "extra" and hasattr(self.record, key) \
+            else self.record.extra.get(key)
+        return default if value is None else value
+
+    def _check_transition(self, new: str) -> None:
+        old = self.stage
+        # stages this version does not know (a newer tool's) are not guarded
+        if new == old or old not in TRANSITIONS or new not in TRANSITIONS:
+            return
+        if new not in TRANSITIONS[old]:
+            fix = ("roll back first: embedmigrate rollback PLAN" if old == "cut_over"
+                   else f"see embedmigrate status; from '{old}' the job goes on to "
+                        + " or ".join(sorted(TRANSITIONS[old])))
+            raise ConflictError(f"the job is at stage '{old}' and cannot go to '{new}'", fix)
 
 
 class RunLock:
