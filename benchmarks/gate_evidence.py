@@ -101,6 +101,13 @@ def measure(texts, groups, labelled, old, new, cache, n_pairs=1000, seed=0):
     sib = {"today": E.ndcg_per_query(O[ex], O, rel_sib, exclude=ex),
            "translated": E.ndcg_per_query(N[ex], T, rel_sib, exclude=ex),
            "reembed": E.ndcg_per_query(N[ex], N, rel_sib, exclude=ex)}
+    # the same sibling queries encoded as *queries* by each model (asymmetric models
+    # such as e5 encode queries and passages differently)
+    sq_texts = [texts[q] for q in q_sib]
+    sqo, sqn = encode(old, sq_texts, cache, "query"), encode(new, sq_texts, cache, "query")
+    sibq = {"today": E.ndcg_per_query(sqo, O, rel_sib, exclude=ex),
+            "translated": E.ndcg_per_query(sqn, T, rel_sib, exclude=ex),
+            "reembed": E.ndcg_per_query(sqn, N, rel_sib, exclude=ex)}
     qtexts = [t for t, _ in labelled]
     rel_lab = [r for _, r in labelled]
     qo, qn = encode(old, qtexts, cache, "query"), encode(new, qtexts, cache, "query")
@@ -111,11 +118,12 @@ def measure(texts, groups, labelled, old, new, cache, n_pairs=1000, seed=0):
                  "recall_retained_today": M.overlap_at_k(M.top_k(qo, O, 10), truth)}
     out = {"old": old, "new": new, "points": len(texts), "sibling_queries": len(q_sib),
            "labelled_queries": len(labelled), "agreement": agreement}
-    for name, roads in (("siblings", sib), ("labels", lab)):
+    for name, roads in (("siblings", sib), ("siblings_as_queries", sibq), ("labels", lab)):
         out[name] = {k: round(float(v.mean()), 4) for k, v in roads.items()}
         out[name + "_translated_vs_today"] = E.ratio_interval(roads["translated"], roads["today"])
     order = lambda d: sorted(d, key=d.get, reverse=True)  # noqa: E731
     out["same_order"] = order(out["siblings"]) == order(out["labels"])
+    out["same_order_as_queries"] = order(out["siblings_as_queries"]) == order(out["labels"])
     return out
 
 

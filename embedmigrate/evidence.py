@@ -410,18 +410,35 @@ def encode_for_roads(es: EvalSet, translator, new_encoder, old_encoder, cache_di
                        if old_encoder is not None else None)
         side = "query texts encoded by the new model"
     else:
-        q = es.query_doc
-        queries_old = es.docs_old[q]
-        with_text = np.asarray([es.doc_texts[i] is not None for i in q])
-        queries_new = docs_translated[q].copy()
-        if docs_new is not None:
-            queries_new[with_text] = docs_new[q][with_text]
-        n_text = int(with_text.sum()) if docs_new is not None else 0
-        side = (f"{n_text} of {len(q)} query points encoded by the new model from their stored "
-                f"text" + (f", {len(q) - n_text} translated from their old vector (no text)"
-                           if n_text < len(q) else ""))
+        queries_new, queries_old, side = _sibling_queries(es, docs_translated, new_encoder,
+                                                          old_encoder, cache_dir)
     return Encoded(queries_new, queries_old, docs_new, docs_translated, query_side=side,
                    seconds=seconds, native_share=len(has_text) / max(len(es.doc_ids), 1))
+
+
+def _sibling_queries(es: EvalSet, docs_translated, new_encoder, old_encoder, cache_dir):
+    """A sibling query is its point's text encoded *as a query* by each model, as
+    users search (asymmetric models such as e5 encode queries and passages
+    differently; with passage vectors as queries, e5 -> MiniLM looked better on
+    siblings and was worse on labels: docs/gate.md). Without a text, today's query
+    is the stored vector and the migrated one its translation; without the old
+    model, today's queries are the stored vectors."""
+    from .encoders import encode_cached
+    q = es.query_doc
+    with_text = [i for i, t in enumerate(es.query_texts) if t is not None]
+    texts = [es.query_texts[i] for i in with_text]
+    queries_new = docs_translated[q].copy()
+    queries_old = es.docs_old[q].copy()
+    if texts:
+        queries_new[with_text] = encode_cached(new_encoder, texts, cache_dir, kind="query")
+        if old_encoder is not None:
+            queries_old[with_text] = encode_cached(old_encoder, texts, cache_dir, kind="query")
+    n, total = len(texts), len(q)
+    side = (f"{n} of {total} query points' texts encoded as queries by the new model"
+            + (" and by the old model (today)" if old_encoder is not None and n else
+               "; today's queries are the stored vectors" + ("" if old_encoder else " (no old model)"))
+            + (f"; {total - n} without text: stored vector today, translation after" if n < total else ""))
+    return queries_new, queries_old, side
 
 
 def encode_seconds_per_text(encoder, texts: list, n: int = 128) -> float:

@@ -176,11 +176,13 @@ def grouped():
     for q in pairs:
         for kind, text in (("gloss", by_id[q["doc_id"]]), ("example", q["text"])):
             texts.append(text)
-            payloads.append({"text": text, "synset": q["doc_id"], "kind": kind})
+            payloads.append({"text": text, "synset": q["doc_id"], "kind": kind,
+                             "uid": f"p{len(payloads)}"})
     for d in singles:
         assert d["id"] not in linked
         texts.append(d["text"])
-        payloads.append({"text": d["text"], "synset": d["id"], "kind": "gloss"})
+        payloads.append({"text": d["text"], "synset": d["id"], "kind": "gloss",
+                         "uid": f"p{len(payloads)}"})
     return {"texts": texts, "payloads": payloads, "ids": list(range(1, len(texts) + 1)),
             "queries": pairs, "vectors": {}}
 
@@ -329,7 +331,7 @@ def test_bad_evidence_inputs_are_refused_before_anything_is_written(chroma_embed
     cases = [
         (["--queries", str(qp), "--qrels", str(rp), "--from-model", "sre"], 7, "not in the collection"),
         (["--group-field", "no_such_field"], 4, "no field 'no_such_field'"),
-        (["--group-field", "text"], 7, "no group of 2"),
+        (["--group-field", "uid"], 7, "no group of 2"),
         (["--queries", str(qp_ok), "--qrels", str(rp_ok)], 2, "old model"),
     ]
     for extra, code, words in cases:
