@@ -277,6 +277,10 @@ def test_budget_stop_then_resume(postgres_tcp_harness, corpus, minilm, tmp_path,
     code, out, err = finish(start_cli("apply", job.plan, "--max-docs", "100", env=env))
     assert code == 8 and out.count("\n") == 1 and "200 of 300 points written" in out, (out, err)
 
+    code, out, err = finish(start_cli("apply", job.plan, "--max-seconds", "0.01", "--json", env=env))
+    assert code == 8 and json.loads(out)["budget_exhausted"] == "max_seconds", err
+    assert 200 < job.state["written"] < N
+
     code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
     assert code == ExitCode.OK, err
     assert job.state["written"] == N and job.state["stage"] == "applied"
@@ -368,3 +372,52 @@ def test_http_encoder_tokens_budget(http_minilm, minilm, chroma_embedded_harness
     assert result["this_run"]["tokens"] >= 1000
     code, out, err = finish(start_cli("run", job.plan, "--json"))
     assert code == ExitCode.OK and job.state["written"] == N, err
+
+
+# --- the plan's [strategy] ------------------------------------------------------------------------
+
+def _plan_text(strategy_section: str = "") -> str:
+    return ('[source]\nuri = "chroma:///tmp/x/src"\ndim = 4\ntext_field = "text"\n'
+            '[target]\nuri = "chroma:///tmp/x/dst"\n[model]\nnew = "minilm"\n'
+            '[train]\nmethod = "ridge"\ncheckpoint = "ckpt"\n' + strategy_section)
+
+
+def test_plans_without_a_strategy_translate(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(_plan_text())
+    plan = load_plan(path)
+    assert plan.strategy.name == "translate"
+    assert commands.resolve_strategy(plan)[0] == "translate"
+    plan.write(path)  # written back with its [strategy], it loads the same
+    assert load_plan(path).strategy.name == "translate" and "[strategy]" in path.read_text()
+
+
+def test_auto_follows_the_recommendation_and_says_why(tmp_path):
+    path = tmp_path / "auto.toml"
+    path.write_text(_plan_text('[strategy]\nname = "auto"\n'))
+    plan = load_plan(path)
+    assert commands.resolve_strategy(plan)[0] == "translate"
+    assert commands.resolve_strategy(plan, "reembed") == ("reembed", "auto: the decision report "
+                                                          "recommends reembed")
+    strategy, reason = commands.resolve_strategy(plan, "keep")
+    assert strategy == "translate" and "keep" in reason
+    plan.source.text_field = ""
+    strategy, reason = commands.resolve_strategy(plan, "hybrid")
+    assert strategy == "translate" and "no text" in reason
+
+
+@pytest.mark.parametrize("section,words", [
+    ('[strategy]\nname = "rembed"\n', "unknown"),
+    ('[strategy]\nname = "reembed"\n[source.x]\n', None),
+    ('[strategy]\nmax_docs = -1\n', "negative"),
+])
+def test_bad_strategy_sections_are_one_line_errors(tmp_path, section, words):
+    from embedmigrate.errors import UsageError
+    path = tmp_path / "bad.toml"
+    text = _plan_text(section) if words else _plan_text('[strategy]\nname = "reembed"\n').replace(
+        'text_field = "text"\n', "")
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        load_plan(path)
+    assert "\n" not in str(err.value) and err.value.fix
+    assert (words or "text_field") in str(err.value)
