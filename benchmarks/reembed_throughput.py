@@ -177,8 +177,10 @@ def render(rows, args, load_before: float) -> str:
            "", f"Command: `{cmd}`  ",
            f"Machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; "
            f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-           f"Load average (1 min) before the run: {load_before:.1f}; after each child run: "
-           + ", ".join(f"{r['load_after']:.1f}" for _, runs in rows for m in runs.values() for r in m) + ".",
+           f"Load average (1 min) before the run: {load_before:.1f}; after each child run "
+           "(per engine: the encoder-alone runs, then the re-embed runs): "
+           + "; ".join(f"{name} " + ", ".join(f"{r['load_after']:.1f}" for m in runs.values() for r in m)
+                       for name, runs in rows) + ".",
            "", "Best of the runs for each (texts/s); ratio = re-embed apply / encoder alone.", "",
            "| engine | encoder alone texts/s (runs) | re-embed apply texts/s (runs) | ratio (best/best) |",
            "|---|---|---|---|"]
