@@ -100,10 +100,11 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def assert_target(source: dict, target: dict, minilm, translator, *, native_ids=None) -> dict:
+def assert_target(source: dict, target: dict, minilm, translator, *, complete: bool = True) -> dict:
     """The target holds exactly the source's ids with their payloads plus provenance;
     a native point's vector is MiniLM's encoding of its text, a translated one the
-    translation of its old vector. Returns the provenance of every id."""
+    translation of its old vector; ``complete``: every point with text is native.
+    Returns the provenance of every id."""
     assert set(target) == set(source)
     kinds = {}
     for i, (_, payload, document) in target.items():
@@ -116,8 +117,8 @@ def assert_target(source: dict, target: dict, minilm, translator, *, native_ids=
     native = sorted(i for i, k in kinds.items() if k == NATIVE)
     translated = sorted(i for i, k in kinds.items() if k == TRANSLATED)
     assert len(native) + len(translated) == len(target)
-    if native_ids is not None:
-        assert set(native) == set(native_ids)
+    if complete:
+        assert set(native) == {i for i, (_, p, _) in source.items() if p["text"]}
     if native:
         want = minilm.encode([source[i][1]["text"] for i in native])
         cos = _cos(want, np.stack([target[i][0] for i in native]))
@@ -202,7 +203,7 @@ def _wait_reembedded(job: Job, proc, at_least: int, timeout: float = 180) -> Non
 def _check_stage(store, job, before, minilm, live) -> dict:
     """Provenance and vectors correct, search answers, a native point finds itself."""
     target = read_points(store, live)
-    kinds = assert_target(before, target, minilm, job.translator)
+    kinds = assert_target(before, target, minilm, job.translator, complete=False)
     native = [i for i, k in kinds.items() if k == NATIVE]
     some = native[0] if native else "1"
     hits = _search(store, live, minilm.encode([before[some][1]["text"]])[0])
@@ -276,6 +277,10 @@ def test_budget_stop_then_resume(postgres_tcp_harness, corpus, minilm, tmp_path,
     assert job.state["stage"] == "applying"
     code, out, err = finish(start_cli("apply", job.plan, "--max-docs", "100", env=env))
     assert code == 8 and out.count("\n") == 1 and "200 of 300 points written" in out, (out, err)
+
+    code, out, err = finish(start_cli("apply", job.plan, "--max-seconds", "0.01", "--json", env=env))
+    assert code == 8 and json.loads(out)["budget_exhausted"] == "max_seconds", err
+    assert 200 < job.state["written"] < N
 
     code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
     assert code == ExitCode.OK, err
@@ -368,3 +373,52 @@ def test_http_encoder_tokens_budget(http_minilm, minilm, chroma_embedded_harness
     assert result["this_run"]["tokens"] >= 1000
     code, out, err = finish(start_cli("run", job.plan, "--json"))
     assert code == ExitCode.OK and job.state["written"] == N, err
+
+
+# --- the plan's [strategy] ------------------------------------------------------------------------
+
+def _plan_text(strategy_section: str = "") -> str:
+    return ('[source]\nuri = "chroma:///tmp/x/src"\ndim = 4\ntext_field = "text"\n'
+            '[target]\nuri = "chroma:///tmp/x/dst"\n[model]\nnew = "minilm"\n'
+            '[train]\nmethod = "ridge"\ncheckpoint = "ckpt"\n' + strategy_section)
+
+
+def test_plans_without_a_strategy_translate(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(_plan_text())
+    plan = load_plan(path)
+    assert plan.strategy.name == "translate"
+    assert commands.resolve_strategy(plan)[0] == "translate"
+    plan.write(path)  # written back with its [strategy], it loads the same
+    assert load_plan(path).strategy.name == "translate" and "[strategy]" in path.read_text()
+
+
+def test_auto_follows_the_recommendation_and_says_why(tmp_path):
+    path = tmp_path / "auto.toml"
+    path.write_text(_plan_text('[strategy]\nname = "auto"\n'))
+    plan = load_plan(path)
+    assert commands.resolve_strategy(plan)[0] == "translate"
+    assert commands.resolve_strategy(plan, "reembed") == ("reembed", "auto: the decision report "
+                                                          "recommends reembed")
+    strategy, reason = commands.resolve_strategy(plan, "keep")
+    assert strategy == "translate" and "keep" in reason
+    plan.source.text_field = ""
+    strategy, reason = commands.resolve_strategy(plan, "hybrid")
+    assert strategy == "translate" and "no text" in reason
+
+
+@pytest.mark.parametrize("section,words", [
+    ('[strategy]\nname = "rembed"\n', "unknown"),
+    ('[strategy]\nname = "reembed"\n[source.x]\n', None),
+    ('[strategy]\nmax_docs = -1\n', "negative"),
+])
+def test_bad_strategy_sections_are_one_line_errors(tmp_path, section, words):
+    from embedmigrate.errors import UsageError
+    path = tmp_path / "bad.toml"
+    text = _plan_text(section) if words else _plan_text('[strategy]\nname = "reembed"\n').replace(
+        'text_field = "text"\n', "")
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        load_plan(path)
+    assert "\n" not in str(err.value) and err.value.fix
+    assert (words or "text_field") in str(err.value)
