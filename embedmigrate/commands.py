@@ -438,7 +438,7 @@ def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
     return report, paths
 
 
-def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: np.ndarray | None = None,
+def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: Batch | None = None,
               target=None, progress: bool = False):
     """Every check the data allows, and the evidence: search quality of today's
     index, the migrated one and a full re-embed on labelled queries or sibling
@@ -458,7 +458,12 @@ def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: 
                       new_sample=data["new"] if data else None, thresholds=thresholds,
                       cost=dict(plan.estimate), evidence=summary, decision=decision)
     if written is not None:
-        _add_written_check(report, translator.translate(sample.vectors), written)
+        from .transform import expected_vectors
+        strategy = resolve_strategy(plan)[0]
+        expected = expected_vectors(make_transform(plan, info, strategy), sample, written)
+        _add_written_check(report, expected, written.vectors,
+                           "translation" if strategy == "translate" else
+                           "encoding of their stored text (or translation, per provenance)")
     return report
 
 
@@ -529,7 +534,8 @@ def _query_vectors(plan: Plan, doc_ids: list):
     return q_new, q_old, relevant
 
 
-def _add_written_check(report, expected: np.ndarray, written: np.ndarray) -> None:
+def _add_written_check(report, expected: np.ndarray, written: np.ndarray,
+                       what: str = "translation") -> None:
     """The target holds what the translator produces for those ids (catches a
     write path that mangles vectors). A zero vector written as zero matches: its
     cosine is undefined, not a mismatch."""
@@ -537,8 +543,8 @@ def _add_written_check(report, expected: np.ndarray, written: np.ndarray) -> Non
     rows = np.sum(metrics.normalise(written) * metrics.normalise(expected), axis=1)
     cos = float(np.mean(np.where(both_zero, 1.0, rows))) if len(rows) else 1.0
     report.add_check("written_matches_translation", round(cos, 6), {"fail_below": 0.999}, cos >= 0.999,
-                     "mean cosine between the vectors in the target and the translation of "
-                     "their source vectors")
+                     f"mean cosine between the vectors in the target and the {what} of "
+                     "their source points")
 
 
 # --- apply ------------------------------------------------------------------------
@@ -787,12 +793,12 @@ def _run_catch_up_copy(plan: Plan, lock: RunLock, *, progress: bool = True) -> i
     ids = json.loads(Path(job["ids_file"]).read_text())
     parts = job["parts"]
     jobs = [parallel.PartJob(k, p["part"], p["cursor"]) for k, p in enumerate(parts) if not p["done"]]
-    translator = _load_translator(plan)
+    transform = make_transform(plan)
     bar = tqdm(total=len(ids), initial=sum(p["written"] for p in parts), unit="vec",
                desc="catch-up", disable=not progress or not jobs)
     runner = parallel.LocalExecutor(plan.apply.workers)
     try:
-        for index, event in parallel.run_parts(jobs, runner, _id_copier(plan, translator, ids)):
+        for index, event in parallel.run_parts(jobs, runner, _id_copier(plan, transform, ids)):
             part = parts[index]
             if event == parallel.DONE:
                 part["done"] = True
@@ -826,9 +832,9 @@ def _catch_up_totals(state: JobState, job: dict) -> dict:
     return {"written": written, "id_hash": id_hash % (1 << 64)}
 
 
-def _id_copier(plan: Plan, translator, ids: list):
+def _id_copier(plan: Plan, transform, ids: list):
     """A ``run_parts`` copier over positions of ``ids``: part ``{"start", "stop"}``, the
-    cursor the next position. Fetch -> translate -> write, an event per written batch
+    cursor the next position. Fetch -> transform -> write, an event per written batch
     (ids deleted from the source meanwhile are simply not there to copy)."""
     size = plan.apply.batch_size
 
@@ -837,8 +843,8 @@ def _id_copier(plan: Plan, translator, ids: list):
         with open_collection(plan.source.uri) as src, open_collection(plan.target.uri) as dst:
             for at in range(start if job.cursor is None else job.cursor, stop, size):
                 batch = src.fetch(ids[at:min(at + size, stop)])
-                if len(batch):
-                    dst.write(batch.replace_vectors(translator.translate(batch.vectors)))
+                if len(batch):  # the job's transform: new points with text are re-embedded natively
+                    dst.write(transform(batch))
                 yield min(at + size, stop), len(batch), parallel.id_hash(batch.ids)
     return copy
 
@@ -865,8 +871,9 @@ def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True,
         ids_match = False
         report = _evaluate(plan, translator, sample, info, target=dst, progress=progress)
     else:
-        report = _evaluate(plan, translator, sample, info, written=written.vectors[order],
-                           target=dst, progress=progress)
+        report = _evaluate(plan, translator, sample, info, target=dst, progress=progress,
+                           written=Batch([written.ids[k] for k in order], written.vectors[order],
+                                         [written.payloads[k] for k in order]))
     report.mode = "apply"
     report.cutover = {"status": "already done"} if state.stage == "cut_over" else {}
     report.written = {"written": state.get("written", 0), "target": plan.target.uri,

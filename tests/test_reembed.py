@@ -161,6 +161,11 @@ def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minil
     kinds = assert_target(before, read_points(store, job.target_uri), minilm, job.translator)
     assert [i for i, k in kinds.items() if k == TRANSLATED] == [str(NO_TEXT + 1)]
     _untouched(before, read_points(store, job.source_uri))
+    # verify compares the target with the encoder's output, not with a translation
+    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
+    result = json.loads(out)
+    assert result["step"] == "verify" and result["ids_match"], err
+    assert "written_matches_translation" not in {c["name"] for c in result["failed_checks"]}
 
 
 def test_translate_strategy_writes_no_provenance(chroma_embedded_harness, corpus, tmp_path, fresh_name,
