@@ -127,14 +127,40 @@ def measure(texts, groups, labelled, old, new, cache, n_pairs=1000, seed=0):
     return out
 
 
+def render(results: list) -> str:
+    """The tables of docs/gate.md from the results JSON."""
+    def row3(d):
+        return " / ".join(f"{d[k]:.3f}" for k in ("today", "translated", "reembed"))
+
+    def ci(r):
+        return f"{r['ratio']:.2f} ({r['low']:.2f}-{r['high']:.2f})"
+    out = ["| corpus | old -> new | siblings, texts as queries: today / translated / re-embed | "
+           "translated / today | labels: today / translated / re-embed | translated / today | "
+           "same order | siblings, stored vectors as queries | recall@10 retained: translated / today |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        a = r["agreement"]
+        out.append(f"| {r['corpus']} | {r['old']} -> {r['new']} | {row3(r['siblings_as_queries'])} | "
+                   f"{ci(r['siblings_as_queries_translated_vs_today'])} | {row3(r['labels'])} | "
+                   f"{ci(r['labels_translated_vs_today'])} | "
+                   f"{'yes' if r['same_order_as_queries'] else 'no'} | {row3(r['siblings'])} "
+                   f"({'same' if r['same_order'] else 'different'} order) | "
+                   f"{a['recall_retained_translated']:.3f} / {a['recall_retained_today']:.3f} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--render", default="", help="print docs/gate.md's table from a results JSON")
     ap.add_argument("--corpus", nargs="+", default=["wordnet", "foldoc"])
     ap.add_argument("--pairs", nargs="+", default=["sre:minilm", "wordllama:minilm",
                                                    "minilm:e5-small", "e5-small:minilm"])
     ap.add_argument("--cache", default=".bench-cache/gate")
     ap.add_argument("--out", default="gate_results.json")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return
     results = []
     for corpus in args.corpus:
         texts, groups, labelled = {"wordnet": wordnet_corpus, "foldoc": foldoc_corpus}[corpus]()
