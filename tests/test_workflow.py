@@ -65,8 +65,10 @@ def make_plan(engine, corpus, tmp_path, fresh_name, monkeypatch=None, **override
     password = parse_uri(engine.uri(src)).password
     if password and monkeypatch is not None:  # plans never store it: it comes from the environment
         monkeypatch.setenv("PGPASSWORD", password)
+    # translate: these tests check the mechanics (payloads byte-identical, no provenance);
+    # `auto` following the decision report is tested in test_gate.py
     opts = dict(text_field="text", pairs=300, live_name=live if live != src else "",
-                from_model="sre", queries=str(qfile))
+                from_model="sre", queries=str(qfile), strategy="translate")
     opts.update(overrides)
     result = commands.plan(engine.uri(src), "minilm", output=tmp_path / "plan.toml",
                            checkpoint=str(tmp_path / "ckpt"), **opts)
