@@ -55,6 +55,8 @@ def test_each_seeding_recovers_a_hidden_rotation(seeding):
     t = make_translator("linear", seeding=seeding, **FAST).fit(old, new)
     assert rank_metrics(t.translate(held_old), held_new)["top1"] >= 0.9
     assert t.meta["confidence"]["aligned"] is True, t.meta["confidence"]
+    modularity = t.meta["confidence"]["diagnostics"]["joint_knn_modularity"]
+    assert modularity["map"] < 0.1  # translated points mix with real new ones
     used = {r["seeding"] for r in t.meta["selection"]["restarts"]}
     assert used == ({"graph", "vecmap"} if seeding == "both" else {seeding})
 
@@ -86,6 +88,14 @@ def test_column_shuffled_new_sample_is_refused(seeding):
     shuffled = np.stack([rng.permutation(new[:, j]) for j in range(new.shape[1])], axis=1)
     t = make_translator("linear", seeding=seeding, **FAST).fit(old, _normalise(shuffled))
     assert t.meta["confidence"]["aligned"] is False, t.meta["confidence"]
+
+
+def test_joint_knn_modularity_separates_mixed_from_apart():
+    from embedmigrate.translators.linear import joint_knn_modularity
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((400, 16)), rng.standard_normal((400, 16))
+    assert abs(joint_knn_modularity(a, b)) < 0.05  # same distribution: mixed
+    assert joint_knn_modularity(a + 5.0, b - 5.0) > 0.45  # two separate clouds
 
 
 def test_signature_building_blocks():
