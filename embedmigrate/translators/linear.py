@@ -5,7 +5,12 @@ In the spirit of mini-vec2vec (Dar et al. 2025) and MUSE / VecMap refinement:
     1. centre + normalise both clouds;
     2. anchors from relational structure: k-means both clouds, match the two
        centroid-similarity graphs with a quadratic assignment (several
-       restarts), repeated over several runs -> a few hundred anchor pairs;
+       restarts), repeated over several runs -> a few hundred anchor pairs
+       (``seeding="graph"``, the default); or VecMap's initialisation
+       (``seeding="vecmap"``, Artetxe et al. 2018): iterative normalisation,
+       each point's sorted similarity distribution as a signature, matched
+       with CSLS both ways, then stochastic dictionary induction; ``"both"``
+       alternates the two over the restarts;
     3. pseudo-pairs: describe every point by its cosine to the anchors of its
        side (a relative representation, comparable across spaces) and pair
        each old point with the mean of its best-matching new points;
