@@ -8,11 +8,11 @@ the environment (PGPASSWORD, QDRANT_API_KEY, ...) at run time.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import files
 from .errors import UsageError
 from .connectors.base import METRICS
 
@@ -139,14 +139,7 @@ class Plan:
 
     def write(self, path) -> Path:
         path = Path(path)
-        text = render(self)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        except OSError as e:
-            raise UsageError(f"cannot write plan {path}: {e.strerror or e}",
-                             "choose a writable location with -o") from None
+        files.atomic_write_text(path, render(self), elsewhere="choose a writable location with -o")
         self.path = path
         return path
 
