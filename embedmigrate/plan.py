@@ -352,8 +352,10 @@ _COMMENTS = {
               "or deleted before an explicit cutover.",
     "target": "The new collection the translated vectors are written to. live_name is what "
               "your application queries:\n# cutover makes it serve the target (Qdrant: atomic "
-              "alias switch; Chroma: rename; Postgres: table rename\n# in one transaction) and "
-              "keeps the old collection for rollback.",
+              "alias switch; Chroma: rename; Postgres: table rename\n# in one transaction; Qdrant "
+              "Edge: the symbolic link live_name in the store folder switches\n# atomically to "
+              "the target shard, which the application loads again) and keeps the old collection "
+              "for rollback.",
     "model": "Encoder specs (minilm, mpnet, sre, e5-small, wordllama, st:/path, "
              "openai+http://host/v1?model=M&key_env=VAR, npy:/path).",
     "sample": "Training data. old: vectors sampled from the source; new: fresh texts embedded "
