@@ -354,14 +354,14 @@ EVAL_FILE = "eval.npz"
 def _save_eval_data(plan: Plan, data: dict) -> None:
     """What the quality gate needs from training (held-out pairs, the new-model
     sample), kept so dry runs and verify do not sample and encode again."""
+    from . import files
+    from .state import STATE_ELSEWHERE
+
     path = plan.state_dir / EVAL_FILE  # with the job, not in cache/ (cleanup clears that)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"new": data["new"], "holdout_ids": np.asarray([str(i) for i in data["holdout_ids"]])}
     if data["holdout"] is not None:
         arrays["holdout_old"], arrays["holdout_new"] = data["holdout"]
-    tmp = path.with_name(f".{EVAL_FILE}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    files.atomic_write_with(path, lambda fh: np.savez(fh, **arrays), elsewhere=STATE_ELSEWHERE)
 
 
 def _load_eval_data(plan: Plan) -> dict | None:
@@ -1036,15 +1036,15 @@ def status(plan: Plan | str) -> dict:
 
 def translate_file(checkpoint, input_path, output_path, *, inverse: bool = False) -> dict:
     """Translate an .npy of vectors (old -> new, or new -> old with ``inverse``)."""
+    from . import files
+
     translator = Translator.load(checkpoint)
     try:
         x = np.load(input_path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read vectors from {input_path}: {e}", "pass a .npy file of shape (n, dim)") from None
     y = translator.inverse(x) if inverse else translator.translate(x)
-    tmp = Path(output_path).with_name(f".{Path(output_path).name}.tmp.npy")
-    np.save(tmp, y)
-    tmp.replace(output_path)
+    files.atomic_write_with(output_path, lambda fh: np.save(fh, y), elsewhere="pass another output path")
     return {"input": str(input_path), "output": str(output_path), "rows": int(len(y)),
             "dim": int(y.shape[1]), "direction": "new->old" if inverse else "old->new"}
 

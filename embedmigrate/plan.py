@@ -8,11 +8,11 @@ the environment (PGPASSWORD, QDRANT_API_KEY, ...) at run time.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import files
 from .errors import UsageError
 from .connectors.base import METRICS
 
@@ -139,14 +139,7 @@ class Plan:
 
     def write(self, path) -> Path:
         path = Path(path)
-        text = render(self)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        except OSError as e:
-            raise UsageError(f"cannot write plan {path}: {e.strerror or e}",
-                             "choose a writable location with -o") from None
+        files.atomic_write_text(path, render(self), elsewhere="choose a writable location with -o")
         self.path = path
         return path
 
@@ -359,8 +352,10 @@ _COMMENTS = {
               "or deleted before an explicit cutover.",
     "target": "The new collection the translated vectors are written to. live_name is what "
               "your application queries:\n# cutover makes it serve the target (Qdrant: atomic "
-              "alias switch; Chroma: rename; Postgres: table rename\n# in one transaction) and "
-              "keeps the old collection for rollback.",
+              "alias switch; Chroma: rename; Postgres: table rename\n# in one transaction; Qdrant "
+              "Edge: the symbolic link live_name in the store folder switches\n# atomically to "
+              "the target shard, which the application loads again) and keeps the old collection "
+              "for rollback.",
     "model": "Encoder specs (minilm, mpnet, sre, e5-small, wordllama, st:/path, "
              "openai+http://host/v1?model=M&key_env=VAR, npy:/path).",
     "sample": "Training data. old: vectors sampled from the source; new: fresh texts embedded "

@@ -15,14 +15,13 @@ import base64
 import html
 import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import file_error
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -181,10 +180,10 @@ class QualityReport:
             paths = {}
             for kind in list(staged):
                 paths[kind] = out_dir / REPORT_FILES[kind]
-                os.replace(staged.pop(kind), paths[kind])
+                files.commit(staged.pop(kind), paths[kind])
         except OSError as e:
             for tmp in staged.values():
-                Path(tmp).unlink(missing_ok=True)
+                files.discard(tmp)
             raise file_error(e, out_dir, elsewhere=REPORT_ELSEWHERE) from None
         return paths
 
@@ -193,19 +192,10 @@ class QualityReport:
 REPORT_ELSEWHERE = "pass --report-dir DIR to the dry run, or keep the plan in a writable folder"
 
 
-def _write_temp(path: Path, text: str) -> str:
-    """``text`` in a complete, fsynced temporary file next to ``path`` (removed on failure)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
+def _write_temp(path: Path, text: str) -> Path:
+    """``text`` in a complete, fsynced, shareable (0644) temporary file next to
+    ``path`` (removed on failure)."""
+    return files.stage(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 # --- formatting -------------------------------------------------------------------------

@@ -22,28 +22,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .errors import ConflictError, UsageError
 
 STAGES = ("planned", "trained", "applying", "applied", "verified", "cut_over", "rolled_back")
 
 
+# the state folder sits next to the plan, so the way out of a full or closed folder is there
+STATE_ELSEWHERE = "keep the plan (its .state folder sits beside it) in a writable folder"
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise UsageError(f"cannot write {path}: {e.strerror or e}",
-                         "free disk space or fix the permissions of that folder") from None
+    files.atomic_write_text(path, text, elsewhere=STATE_ELSEWHERE)
 
 
 # Which stage may follow which (a stage may always be saved again). Everything else is a

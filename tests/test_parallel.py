@@ -99,8 +99,9 @@ def wait_written(state_file: Path, at_least: int, proc, timeout=180) -> int:
     pytest.fail("apply made no progress")
 
 
-@pytest.mark.parametrize("engine_name", ["qdrant_local_harness", "chroma_server_harness",
-                                         "postgres_tcp_harness"])
+# embedded stores too (Qdrant local mode, Qdrant Edge): local workers are threads of one process
+@pytest.mark.parametrize("engine_name", ["qdrant_local_harness", "qdrant_edge_harness",
+                                         "chroma_server_harness", "postgres_tcp_harness"])
 def test_local_workers_copy_every_part_once(engine_name, request, tmp_path, fresh_name, monkeypatch):
     engine = request.getfixturevalue(engine_name)
     plan_path, source, translator, env = setup_job(engine, tmp_path, fresh_name, 3_000, parts=6,
@@ -193,9 +194,10 @@ def test_ray_run_killed_then_finished_by_local_workers(ray_installed, chroma_ser
     check_target(plan_path, source, translator)
 
 
-def test_ray_refuses_embedded_stores(qdrant_local_harness, tmp_path, fresh_name):
-    plan_path, *_ = setup_job(qdrant_local_harness, tmp_path, fresh_name, 300, parts=2,
-                              executor="ray")
+@pytest.mark.parametrize("engine_name", ["qdrant_local_harness", "qdrant_edge_harness"])
+def test_ray_refuses_embedded_stores(engine_name, request, tmp_path, fresh_name):
+    engine = request.getfixturevalue(engine_name)
+    plan_path, *_ = setup_job(engine, tmp_path, fresh_name, 300, parts=2, executor="ray")
     with pytest.raises(UsageError, match="embedded store"):
         commands.apply(plan_path, progress=False, cutover=False)
     out = cli("apply", plan_path, "--json", env=os.environ)
