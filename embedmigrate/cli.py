@@ -209,8 +209,11 @@ def train(plan_file, retrain, as_json):
         if r.get("skipped"):
             click.echo(f"{r['skipped']}: {r['checkpoint']}")
         click.echo(f"checkpoint {r['checkpoint']}")
-        if r.get("auto_choice"):
-            click.echo(f"method     {r['auto_choice']}")
+        choice = r.get("auto_choice") or {}
+        click.echo(f"method     {r.get('method')}" + (f" chose {choice['method']}: {choice.get('reason', '')}"
+                                                      if choice.get("method") else ""))
+        if "pairs_source" in r:
+            click.echo(f"pairs      {r.get('pairs_used', 0)} from {r['pairs_source']}")
         conf = r.get("confidence")
         if conf:
             click.echo(f"confidence {conf}")

@@ -496,6 +496,13 @@ def _translator_summary(translator) -> dict:
     meta = dict(translator.meta or {})
     summary = {"method": translator.method or type(translator).__name__,
                "old_dim": translator.old_dim, "new_dim": translator.new_dim}
+    choice = meta.get("auto_choice")
+    if isinstance(choice, dict) and choice.get("method"):  # name what `auto` chose, and why
+        summary["auto_chose"] = choice["method"]
+        summary["auto_reason"] = choice.get("reason", "")
+    for key in ("pairs_used", "pairs_source"):
+        if key in meta:
+            summary[key] = meta[key]
     for key in ("selection", "confidence", "n_old", "n_new", "n_pairs", "fingerprint",
                 "old_model", "new_model"):
         if key in meta:

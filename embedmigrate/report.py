@@ -332,6 +332,8 @@ def _render_html(rep: QualityReport) -> str:
     cost = f"<section><h2>Estimated cost</h2>{kv_table(_flatten(d['cost']))}</section>" \
         if d["cost"] else ""
     method = d["translator"].get("method", "")
+    if d["translator"].get("auto_chose"):
+        method = f"{method} (chose {d['translator']['auto_chose']})"
     quality_rows = "".join(f"<tr><td>{esc(name)}</td><td class='num'>{m:.3f}</td>"
                            f"<td class='num'>{lo:.3f}-{hi:.3f}</td></tr>"
                            for name, m, lo, hi in _quality_rows(d))

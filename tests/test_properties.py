@@ -520,7 +520,9 @@ def chroma_payloads(clean: bool):
     """Chroma metadata: scalars and non-empty lists of one type (dirty: what it cannot hold)."""
     scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
                        st.floats(allow_nan=False, allow_infinity=False), clean_text, huge_text)
-    value = st.one_of(scalar, st.lists(st.integers(), min_size=1, max_size=2),
+    # clean list items are 64-bit ints like the scalars (a bigger one is dirty: Chroma
+    # would store it as a float, and the writer refuses it)
+    value = st.one_of(scalar, st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=2),
                       st.lists(clean_text, min_size=1, max_size=2))
     key = st.one_of(word, clean_text.filter(bool))
     if not clean:

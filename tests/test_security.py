@@ -98,10 +98,11 @@ class Session:
         self.outputs[f"{label} stderr"] = proc.stderr
         codes = expect if isinstance(expect, tuple) else (expect,)
         assert proc.returncode in codes, f"{label}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
-        if proc.returncode and "--json" in args:
+        verdict = "--dry-run" in args and proc.returncode in (1, 3)  # FAIL / WARN: no error
+        if proc.returncode and "--json" in args and not verdict:
             assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
             assert json.loads(proc.stdout)["message"]
-        elif proc.returncode:
+        elif proc.returncode and not verdict:
             one_line_error(proc)
         return proc
 
