@@ -75,6 +75,9 @@ def read_labelled_queries(queries_path, qrels_path=None) -> LabelledQueries:
             raise UsageError(f"{qrels_path}: none of its query-ids is in {queries_path} "
                              f"(e.g. '{unknown[0]}')", "use the queries' \"_id\" values as query-id")
         keep = [i for i, q in enumerate(ids) if any(g > 0 for g in qrels.get(q, {}).values())]
+        if not keep:
+            raise DataError(f"{qrels_path}: no query of {queries_path} has a relevant point "
+                            "(score > 0)", "judge at least one point relevant for some queries")
         return LabelledQueries([ids[i] for i in keep], [records[i]["text"] for i in keep],
                                {ids[i]: qrels[ids[i]] for i in keep}, "beir")
     if records and all("doc_id" in r for r in records):

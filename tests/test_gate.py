@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedmigrate import evidence as E
-from embedmigrate.errors import DataError, NotFoundError, UsageError
+from embedmigrate.errors import DataError, UsageError
 from embedmigrate.report import FAIL, PASS, SKIP, WARN, Thresholds, _evidence_check, _SEVERITY
 
 
@@ -343,3 +343,10 @@ def test_bad_evidence_inputs_are_refused_before_anything_is_written(chroma_embed
         assert words in line and "\n" not in line and "error:" in line, line
         assert not plan_file.exists()
     assert open_collection(uri).count() == len(grouped["ids"])
+
+
+def test_qrels_without_any_relevant_point_is_one_line(tmp_path):
+    qp, rp = write_beir(tmp_path, [{"_id": "q1", "text": "a"}], ["q1\t10\t0"])
+    with pytest.raises(DataError, match="no query") as e:
+        E.read_labelled_queries(qp, rp)
+    assert "\n" not in str(e.value) and e.value.fix
