@@ -51,7 +51,7 @@ from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
                    quantile_positions, retry_delays, retry_settings)
 from .credentials import http_tls, secret, tls_failure
-from .qdrant_points import (check_depth, fields_seen, point_ids, reservoir,
+from .qdrant_points import (check_depth, fields_seen, point_ids, reservoir, select_vector,
                             id_order as _id_order, part_bounds as _part_bounds)
 from .uri import CollectionURI
 
@@ -125,23 +125,8 @@ atexit.register(close_shared_clients)  # release file locks before the interpret
 
 def choose_vector(vectors, wanted: str | None) -> tuple[str | None, models.VectorParams]:
     """Which dense vector of a collection to migrate: ``(name or None, params)``."""
-    if isinstance(vectors, models.VectorParams):
-        if wanted:
-            raise NotFoundError(f"this collection has a single unnamed vector, not '{wanted}'",
-                                "remove ?vector=... from the URI")
-        return None, _dense_only(vectors, None)
-    names = sorted(vectors or {})
-    if not names:
-        raise UsageError("this collection has no dense vectors (sparse vectors only)",
-                         "embedmigrate migrates dense vectors; pick a collection that has them")
-    if wanted is None and len(names) > 1:
-        raise UsageError(f"the collection has several named vectors: {', '.join(names)}",
-                         f"choose one with ?vector=NAME, e.g. ?vector={names[0]}")
-    name = wanted if wanted is not None else names[0]
-    if name not in vectors:
-        raise NotFoundError(f"the collection has no vector named '{name}'",
-                            f"use ?vector= with one of: {', '.join(names)}")
-    return name, _dense_only(vectors[name], name)
+    named = {"": vectors} if isinstance(vectors, models.VectorParams) else dict(vectors or {})
+    return select_vector(named, wanted, "collection", _dense_only)
 
 
 def _dense_only(params: models.VectorParams, name: str | None) -> models.VectorParams:

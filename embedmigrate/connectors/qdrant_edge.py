@@ -50,7 +50,7 @@ from ..errors import ConflictError, DataError, EmbedMigrateError, NotFoundError,
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
                    quantile_positions)
 from .qdrant_points import (check_depth, fields_seen, id_order, part_bounds, point_ids,
-                            reservoir)
+                            reservoir, select_vector)
 from .uri import CollectionURI
 
 CONFIG_FILE = "edge_config.json"  # what makes a directory a shard
@@ -132,23 +132,7 @@ def read_config(shard_dir: str) -> dict:
 def choose_vector(vectors: dict, wanted: str | None) -> tuple[str | None, dict]:
     """Which dense vector of a shard to migrate: ``(name or None, params)``; the
     unnamed default vector is stored under the name ""."""
-    if set(vectors) == {""}:
-        if wanted:
-            raise NotFoundError(f"this shard has a single unnamed vector, not '{wanted}'",
-                                "remove ?vector=... from the URI")
-        return None, _dense_only(vectors[""], None)
-    names = sorted(vectors)
-    if not names:
-        raise UsageError("this shard has no dense vectors (sparse vectors only)",
-                         "embedmigrate migrates dense vectors; pick a shard that has them")
-    if wanted is None and len(names) > 1:
-        raise UsageError(f"the shard has several named vectors: {', '.join(names)}",
-                         f"choose one with ?vector=NAME, e.g. ?vector={names[0]}")
-    name = wanted if wanted is not None else names[0]
-    if name not in vectors:
-        raise NotFoundError(f"the shard has no vector named '{name}'",
-                            f"use ?vector= with one of: {', '.join(names)}")
-    return name, _dense_only(vectors[name], name)
+    return select_vector(vectors, wanted, "shard", _dense_only)
 
 
 def _dense_only(params: dict, name: str | None) -> dict:

@@ -12,9 +12,33 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, NotFoundError, UsageError
 
 MAX_PAYLOAD_DEPTH = 100  # nesting levels of a payload (Qdrant's server parses at most 128)
+
+
+def select_vector(vectors: dict, wanted: str | None, noun: str, dense_only) -> tuple:
+    """Which dense vector to migrate: ``(name or None, params)``. ``vectors`` maps each
+    vector's name to its params, the single unnamed vector under the name "";
+    ``dense_only(params, name)`` refuses what cannot be translated (each engine's
+    params have their own shape); ``noun`` is "collection" or "shard"."""
+    if set(vectors) == {""}:
+        if wanted:
+            raise NotFoundError(f"this {noun} has a single unnamed vector, not '{wanted}'",
+                                "remove ?vector=... from the URI")
+        return None, dense_only(vectors[""], None)
+    names = sorted(vectors)
+    if not names:
+        raise UsageError(f"this {noun} has no dense vectors (sparse vectors only)",
+                         f"embedmigrate migrates dense vectors; pick a {noun} that has them")
+    if wanted is None and len(names) > 1:
+        raise UsageError(f"the {noun} has several named vectors: {', '.join(names)}",
+                         f"choose one with ?vector=NAME, e.g. ?vector={names[0]}")
+    name = wanted if wanted is not None else names[0]
+    if name not in vectors:
+        raise NotFoundError(f"the {noun} has no vector named '{name}'",
+                            f"use ?vector= with one of: {', '.join(names)}")
+    return name, dense_only(vectors[name], name)
 
 
 def point_ids(ids: Sequence) -> list:
