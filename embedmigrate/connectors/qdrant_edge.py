@@ -49,6 +49,7 @@ import qdrant_edge as edge
 from ..errors import ConflictError, DataError, EmbedMigrateError, NotFoundError, UsageError
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
                    quantile_positions)
+from ..files import fsync_dir
 from .qdrant_points import (check_depth, fields_seen, id_order, part_bounds, point_ids,
                             reservoir, select_vector)
 from .uri import CollectionURI
@@ -445,7 +446,7 @@ class QdrantEdgeConnector(Connector):
             raise
         close_shared_shard(self._path(building))  # Edge keeps the path it opened
         os.rename(self._path(building), self._path(self.name))
-        _fsync_dir(self.store)
+        fsync_dir(self.store)
 
     def _check_resumable(self, dim: int, metric: str) -> None:
         have = self.describe()
@@ -522,7 +523,7 @@ class QdrantEdgeConnector(Connector):
         if previous is None:
             if now is not None:
                 os.unlink(self._path(live))
-                _fsync_dir(self.store)
+                fsync_dir(self.store)
         else:
             self._switch(live, previous)
 
@@ -533,17 +534,10 @@ class QdrantEdgeConnector(Connector):
             os.unlink(tmp)
         os.symlink(shard, tmp)  # relative: the store directory may be moved as a whole
         os.replace(tmp, self._path(live))
-        _fsync_dir(self.store)
+        fsync_dir(self.store)
 
     def close(self) -> None:
         # shards are shared by the process (close_shared_shards releases them)
         self._target = None
 
 
-def _fsync_dir(path: str) -> None:
-    """Make a rename in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

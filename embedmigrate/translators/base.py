@@ -35,6 +35,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from ..errors import DataError, EmbedMigrateError, NotFoundError, UsageError, file_error
+from ..files import fsync_dir
 
 CHECKPOINT_FORMAT = 1
 META_FILE = "translator.json"
@@ -166,7 +167,7 @@ class Translator(ABC):
             # (safetensors' own file writer reports it as a SafetensorError)
             _write_synced(tmp / WEIGHTS_FILE, serialise(tensors))
             _write_synced(tmp / META_FILE, json.dumps(meta, indent=2, default=_json_default).encode())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             _swap_into_place(tmp, directory)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -260,14 +261,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _swap_into_place(tmp: Path, directory: Path) -> None:
     """Rename the finished ``tmp`` to ``directory``, replacing an older checkpoint.
 
@@ -287,7 +280,7 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
             old.rename(directory)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
 
 
 def _inside(path: Path, directory: Path) -> bool:
