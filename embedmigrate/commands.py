@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import metrics, parallel
 from .connectors import Batch, open_collection, parse_uri
 from .errors import ConflictError, DataError, NotFoundError, UsageError
-from .plan import Plan, load_plan
+from .plan import Plan, has_labels, load_plan
 from .state import JobState, RunLock
 from .translators import Translator, make_translator
 
@@ -120,7 +120,9 @@ def _check_evidence_inputs(p: Plan, src, info) -> dict:
     found: dict = {"kind": E.NONE}
     sample = src.sample(min(info.count, 2000), seed=p.sample.seed)
     if p.gate.queries:
-        if p.gate.qrels or _queries_have_doc_ids(p.gate.queries):
+        from .texts import read_records
+        read_records(p.gate.queries)  # a bad file is refused before the plan is written
+        if has_labels(p):
             if p.gate.baseline == "today" and not p.model.old:
                 raise UsageError("labelled queries need the old model to search today's index",
                                  "pass --from-model OLD_MODEL, or --baseline none if the old model "
@@ -147,12 +149,6 @@ def _check_evidence_inputs(p: Plan, src, info) -> dict:
         if proposal:
             found["proposal"] = {"field": proposal[0], "stats": proposal[1]}
     return found
-
-
-def _queries_have_doc_ids(path) -> bool:
-    from .texts import read_records
-    records = read_records(path)
-    return bool(records) and all("doc_id" in r for r in records)
 
 
 def _choose_text_field(info, requested: str | None) -> str | None:
@@ -475,7 +471,7 @@ def gather_evidence(plan: Plan, translator: Translator, sample: Batch, info, *, 
     from .encoders import open_encoder
     src = open_collection(plan.source.uri)
     try:
-        if plan.gate.queries and (plan.gate.qrels or _queries_have_doc_ids(plan.resolve_path(plan.gate.queries))):
+        if has_labels(plan):
             labelled = E.read_labelled_queries(plan.resolve_path(plan.gate.queries),
                                                plan.resolve_path(plan.gate.qrels) if plan.gate.qrels else None)
             es = E.labelled_eval_set(src, labelled, sample, plan.source.text_field)
@@ -637,28 +633,21 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
                     f"{'s' * (n_workers > 1)})", disable=not progress, smoothing=0.1)
     runner = parallel.make_executor(kind, n_workers, plan.apply.ray_address)
     budget = budget if budget is not None else Budget()  # catch-up: no limit
-    started_at, stopped = time.monotonic(), None
+
+    def on_batch(part, event):
+        part["cursor"], n, h = event[:3]
+        part["written"] += n
+        part["id_hash"] = (part["id_hash"] + h) % (1 << 64)
+        counts = event[3] if len(event) > 3 else {}
+        _add_counts(part, counts)
+        budget.add(n, counts.get("tokens", 0))
+        bar.update(n)
     try:
         copier = runner.start(plan.source.uri, plan.target.uri, transform, plan.checkpoint_dir,
                               plan.apply.batch_size)
-        for index, event in parallel.run_parts(jobs, runner, copier):
-            part = parts[index]
-            if event == parallel.DONE:
-                part["done"] = True
-            else:
-                part["cursor"], n, h = event[:3]
-                part["written"] += n
-                part["id_hash"] = (part["id_hash"] + h) % (1 << 64)
-                counts = event[3] if len(event) > 3 else {}
-                _add_counts(part, counts)
-                budget.add(n, counts.get("tokens", 0))
-                bar.update(n)
-            state.update(parts=parts, **_totals(parts, state), **_count_totals(parts))
-            lock.heartbeat()
-            stopped = budget.exhausted(time.monotonic() - started_at)
-            if stopped and not all(p["done"] for p in parts):
-                break
-            stopped = None
+        stopped = _drive_parts(
+            parts, jobs, runner, copier, on_batch, lock, budget,
+            save=lambda: state.update(parts=parts, **_totals(parts, state), **_count_totals(parts)))
     finally:
         bar.close()
         runner.close()
@@ -669,6 +658,26 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
     return {"stage": "applied", "written": state.get("written"), "target": plan.target.uri,
             "parts": len(parts), "workers": n_workers, "executor": kind, "strategy": strategy,
             **_count_totals(parts)}
+
+
+def _drive_parts(parts: list[dict], jobs: list, runner, copier, on_batch, lock: RunLock,
+                 budget=None, *, save) -> str | None:
+    """The one copy loop of apply, catch-up and hybrid passes: run the parts' jobs,
+    ``on_batch(part, event)`` for each written batch, ``save()`` after every event, so a
+    kill loses at most the batch in flight. Returns the budget limit that stopped it
+    early, or None when every part is done."""
+    started_at = time.monotonic()
+    for index, event in parallel.run_parts(jobs, runner, copier):
+        if event == parallel.DONE:
+            parts[index]["done"] = True
+        else:
+            on_batch(parts[index], event)
+        save()
+        lock.heartbeat()
+        stopped = budget.exhausted(time.monotonic() - started_at) if budget is not None else None
+        if stopped and not all(p["done"] for p in parts):
+            return stopped
+    return None
 
 
 def _create_target(state: JobState, dst, info, dim: int, if_exists: str, started: bool) -> None:
@@ -797,18 +806,15 @@ def _run_catch_up_copy(plan: Plan, lock: RunLock, *, progress: bool = True) -> i
     bar = tqdm(total=len(ids), initial=sum(p["written"] for p in parts), unit="vec",
                desc="catch-up", disable=not progress or not jobs)
     runner = parallel.LocalExecutor(plan.apply.workers)
+
+    def on_batch(part, event):
+        part["cursor"], n, h = event
+        part["written"] += n
+        part["id_hash"] = (part["id_hash"] + h) % (1 << 64)
+        bar.update(n)
     try:
-        for index, event in parallel.run_parts(jobs, runner, _id_copier(plan, transform, ids)):
-            part = parts[index]
-            if event == parallel.DONE:
-                part["done"] = True
-            else:
-                part["cursor"], n, h = event
-                part["written"] += n
-                part["id_hash"] = (part["id_hash"] + h) % (1 << 64)
-                bar.update(n)
-            state.update(catch_up=job, **_catch_up_totals(state, job))
-            lock.heartbeat()
+        _drive_parts(parts, jobs, runner, _id_copier(plan, transform, ids), on_batch, lock,
+                     save=lambda: state.update(catch_up=job, **_catch_up_totals(state, job)))
     finally:
         bar.close()
     with open_collection(plan.target.uri) as dst:
@@ -1231,26 +1237,19 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
     select = functools.partial(_needs_reembed, text_field=plan.source.text_field)
     bar = tqdm(total=max(state.get("translated", 0) - state.get("reembedded", 0), 0), unit="vec",
                desc=f"hybrid pass {hybrid['pass']}", disable=not progress)
-    started_at, stopped = time.monotonic(), None
+
+    def on_batch(part, event):
+        part["cursor"], n = event[0], event[1]
+        part["written"] += n
+        record["native"] += n
+        budget.add(n, event[3].get("tokens", 0) if len(event) > 3 else 0)
+        bar.update(n)
     try:
         copier = runner.start(live, live, transform, plan.checkpoint_dir, plan.apply.batch_size,
                               select=select)
-        for index, event in parallel.run_parts(jobs, runner, copier):
-            part = parts[index]
-            if event == parallel.DONE:
-                part["done"] = True
-            else:
-                part["cursor"], n = event[0], event[1]
-                part["written"] += n
-                record["native"] += n
-                budget.add(n, event[3].get("tokens", 0) if len(event) > 3 else 0)
-                bar.update(n)
-            state.update(hybrid=hybrid, reembedded=sum(p["written"] for p in parts))
-            lock.heartbeat()
-            stopped = budget.exhausted(time.monotonic() - started_at)
-            if stopped and not all(p["done"] for p in parts):
-                break
-            stopped = None
+        stopped = _drive_parts(
+            parts, jobs, runner, copier, on_batch, lock, budget,
+            save=lambda: state.update(hybrid=hybrid, reembedded=sum(p["written"] for p in parts)))
     finally:
         bar.close()
         runner.close()

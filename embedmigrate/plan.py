@@ -277,23 +277,28 @@ def _check_evidence(plan: Plan, where: str) -> None:
     if g.qrels and not g.queries:
         raise UsageError(f"{where}: [gate] qrels is set but queries is empty",
                          "set queries to the BEIR queries.jsonl the qrels refer to")
-    if g.queries and g.baseline == "today" and not plan.model.old and _has_labels(plan):
+    if g.queries and g.baseline == "today" and not plan.model.old and has_labels(plan):
         raise UsageError(f"{where}: labelled queries need the old model to search today's index "
                          "(baseline = \"today\")",
                          "pass --from-model OLD_MODEL (set [model] old), or set [gate] baseline = "
                          "\"none\" if the old model is being retired")
 
 
-def _has_labels(plan: Plan) -> bool:
+def has_labels(plan: Plan) -> bool:
+    """Whether the gate's queries carry relevance labels: a qrels file, or a doc_id on
+    every query. An unreadable queries file counts as none here; reading it for the
+    report says what is wrong with it."""
     if plan.gate.qrels:
         return True
+    if not plan.gate.queries:
+        return False
+    from .errors import EmbedMigrateError
+    from .texts import read_records
     try:
-        import json
-        lines = plan.resolve_path(plan.gate.queries).read_text(encoding="utf-8").splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError):
-        return False  # unreadable: reported when the queries are read
-    return bool(records) and all(isinstance(r, dict) and "doc_id" in r for r in records)
+        records = read_records(plan.resolve_path(plan.gate.queries))
+    except (EmbedMigrateError, OSError):
+        return False
+    return bool(records) and all("doc_id" in r for r in records)
 
 
 def _check_strategy(plan: Plan, where: str) -> None:
