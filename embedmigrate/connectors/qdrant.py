@@ -48,11 +48,11 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError,
                       UnavailableError, UsageError)
-from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
-                   quantile_positions, retry_delays, retry_settings)
+from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch, retry_delays,
+                   retry_settings)
 from .credentials import http_tls, secret, tls_failure
-from .qdrant_points import (check_depth, fields_seen, point_ids, reservoir, select_vector,
-                            id_order as _id_order, part_bounds as _part_bounds)
+from .qdrant_points import (check_depth, fields_seen, id_range_parts, point_ids, reservoir,
+                            select_vector, id_order as _id_order, part_bounds as _part_bounds)
 from .uri import CollectionURI
 
 DISTANCE_TO_METRIC = {models.Distance.COSINE: "cosine", models.Distance.DOT: "dot",
@@ -493,12 +493,7 @@ class QdrantConnector(Connector):
         real = self._resolve()
         if n <= 1:
             return [None]
-        ids = sorted(self._reservoir_of_ids(real, 200 * n, seed=0), key=_id_order)
-        if len(ids) < 2:
-            return [None]
-        cuts = [ids[pos] for pos in quantile_positions(len(ids), n)[1:]]
-        bounds = [None, *dict.fromkeys(cuts), None]
-        return [{"from": a, "to": b} for a, b in zip(bounds, bounds[1:])]
+        return id_range_parts(self._reservoir_of_ids(real, 200 * n, seed=0), n)
 
     def sample(self, n: int, seed: int = 0) -> Batch:
         """A seeded uniform sample: a reservoir over one id-only scroll, then a retrieve."""

@@ -47,11 +47,10 @@ import numpy as np
 import qdrant_edge as edge
 
 from ..errors import ConflictError, DataError, EmbedMigrateError, NotFoundError, UsageError
-from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
-                   quantile_positions)
+from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch)
 from ..files import fsync_dir
 from .qdrant_points import (check_depth, fields_seen, id_order, part_bounds, point_ids,
-                            reservoir, select_vector)
+                            reservoir, select_vector, id_range_parts)
 from .uri import CollectionURI
 
 CONFIG_FILE = "edge_config.json"  # what makes a directory a shard
@@ -365,12 +364,7 @@ class QdrantEdgeConnector(Connector):
         real = self._resolve()
         if n <= 1:
             return [None]
-        ids = sorted(reservoir(self._id_pages(real, ID_PAGE), 200 * n, seed=0), key=id_order)
-        if len(ids) < 2:
-            return [None]
-        cuts = [ids[pos] for pos in quantile_positions(len(ids), n)[1:]]
-        bounds = [None, *dict.fromkeys(cuts), None]
-        return [{"from": a, "to": b} for a, b in zip(bounds, bounds[1:])]
+        return id_range_parts(reservoir(self._id_pages(real, ID_PAGE), 200 * n, seed=0), n)
 
     def sample(self, n: int, seed: int = 0) -> Batch:
         """A seeded uniform sample: a reservoir over one id-only scroll, then a retrieve."""

@@ -103,6 +103,19 @@ def part_bounds(part) -> tuple:
     return part.get("from"), part.get("to")
 
 
+def id_range_parts(sampled_ids: list, n: int) -> list:
+    """At most ``n`` id ranges cut at quantiles of a uniform sample of ids (the last
+    one open-ended, so points added later land in it); ``[None]`` (all) when the
+    sample cannot be cut."""
+    from .base import quantile_positions
+    ids = sorted(sampled_ids, key=id_order)
+    if n <= 1 or len(ids) < 2:
+        return [None]
+    cuts = [ids[pos] for pos in quantile_positions(len(ids), n)[1:]]
+    bounds = [None, *dict.fromkeys(cuts), None]
+    return [{"from": a, "to": b} for a, b in zip(bounds, bounds[1:])]
+
+
 def reservoir(id_pages: Iterable[list], n: int, seed: int) -> list:
     """A seeded uniform sample of ``n`` ids from pages of ids (Algorithm R, vectorised
     per page): O(n) memory, one pass."""
