@@ -25,7 +25,14 @@ from __future__ import annotations
 import itertools
 import os
 
-import numpy as np
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # several test workers share the cores: one compute thread each (and in the CLI
+    # subprocesses they start) instead of every torch/BLAS pool claiming them all
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
