@@ -9,7 +9,9 @@
     status(plan)                  where a job stands
 
 Each returns a JSON-serialisable dict (what ``--json`` prints). Nothing touches
-the source collection except reads, until an explicit cutover.
+the source collection except reads, until an explicit cutover. Each runs in one
+``job.Job`` (plan, state, lock, transform), which opens the source and the target
+once and closes them when the command ends.
 """
 
 from __future__ import annotations
