@@ -77,7 +77,7 @@ class Timers:
 def instrument(timers: Timers) -> None:
     """Wrap the pieces of the rewrite (commands + parallel.copy_part) and verify with
     timers, in this process only."""
-    from embedmigrate import commands, parallel
+    from embedmigrate import commands, job, parallel
     from embedmigrate.state import JobState, RunLock
 
     open_collection, load_translator, prefetch = (parallel.open_collection, commands._load_translator,
@@ -98,7 +98,8 @@ def instrument(timers: Timers) -> None:
         t.translate = timers.wrap("translate", t.translate)
         return t
 
-    parallel.open_collection = commands.open_collection = timed_open
+    # the workers' connectors (parallel) and the command's (job: finish_write, verify's ids)
+    parallel.open_collection = commands.open_collection = job.open_collection = timed_open
     commands._load_translator = timed_translator
     parallel.prefetch = lambda it, *a, **k: timers.wrap_iter("wait for scan", prefetch(it, *a, **k))
     parallel.id_hash = timers.wrap("id checksum", parallel.id_hash)

@@ -9,7 +9,9 @@
     status(plan)                  where a job stands
 
 Each returns a JSON-serialisable dict (what ``--json`` prints). Nothing touches
-the source collection except reads, until an explicit cutover.
+the source collection except reads, until an explicit cutover. Each runs in one
+``job.Job`` (plan, state, lock, transform), which opens the source and the target
+once and closes them when the command ends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 from . import metrics, parallel
 from .connectors import Batch, open_collection, parse_uri
 from .errors import ConflictError, DataError, NotFoundError, UsageError
+from .job import Job, job_of
 from .plan import Plan, has_labels, load_plan
 from .state import JobState, RunLock
 from .translators import Translator, make_translator
@@ -220,18 +223,17 @@ def estimate(count: int, old_dim: int, new_dim: int, n_old: int, n_texts: int,
 # --- train --------------------------------------------------------------------------
 
 def train(plan: Plan | str, *, progress: bool = True, retrain: bool = False) -> dict:
-    plan = _as_plan(plan)
-    with RunLock(plan.state_dir) as lock:
-        return _train(plan, lock, progress=progress, retrain=retrain)
+    with Job(plan, lock=True) as job:
+        return _train(job, progress=progress, retrain=retrain)
 
 
-def _train(plan: Plan, lock: RunLock, *, progress: bool, retrain: bool) -> dict:
-    state = JobState(plan.state_dir)
+def _train(job: Job, *, progress: bool, retrain: bool) -> dict:
+    plan, state = job.plan, job.state
     if state.reached("trained") and not retrain and (plan.checkpoint_dir / "translator.json").exists():
         return {"stage": state.stage, "checkpoint": str(plan.checkpoint_dir),
                 "metrics": state.get("train_metrics", {}), "skipped": "already trained (--retrain to redo)"}
-    data = training_data(plan, progress=progress)
-    lock.heartbeat()
+    data = training_data(job, progress=progress)
+    job.heartbeat()
     options = dict(plan.train.options)
     if plan.train.method in ("vec2vec",) and "checkpoint_dir" not in options:
         options["checkpoint_dir"] = str(plan.state_dir / "vec2vec-train")
@@ -256,13 +258,18 @@ def _train(plan: Plan, lock: RunLock, *, progress: bool, retrain: bool) -> dict:
             "pairs_used": pairs_used, "pairs_source": data["pairs_source"]}
 
 
-def training_data(plan: Plan, *, progress: bool = True) -> dict:
+def training_data(plan: Plan | Job, *, progress: bool = True) -> dict:
     """Sample the source, encode the text sample with the new model (cached on disk).
     Pairs come from the source's stored texts; failing those, from the fresh
     texts encoded by the old model too, when the plan names it (weak pairs)."""
+    with job_of(plan) as job:
+        return _training_data(job, progress=progress)
+
+
+def _training_data(job: Job, *, progress: bool) -> dict:
     from .encoders import encode_cached, open_encoder
 
-    src = open_collection(plan.source.uri)
+    plan, src = job.plan, job.source
     info = src.describe()
     _check_source_unchanged(plan, info)
     sample = src.sample(plan.sample.old, seed=plan.sample.seed)
@@ -419,14 +426,18 @@ def _load_translator(plan: Plan, info=None) -> Translator:
 
 def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
     """The quality report on a sample of the source. Writes no database."""
-    plan = _as_plan(plan)
-    src = open_collection(plan.source.uri)
+    with Job(plan) as job:
+        return _dry_run(job, out_dir=out_dir, progress=progress)
+
+
+def _dry_run(job: Job, *, out_dir, progress: bool):
+    plan, src = job.plan, job.source
     info = src.describe()
     translator = _load_translator(plan, info)
     sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
-    report = _evaluate(plan, translator, sample, info, progress=progress)
+    report = _evaluate(job, translator, sample, info, progress=progress)
     paths = report.write(Path(out_dir) if out_dir else plan.state_dir / "report")
-    state = JobState(plan.state_dir)
+    state = job.state
     state.update(last_report=str(paths.get("html")), last_verdict=report.verdict)
     if not state.get("apply_started") and report.decision:  # what an `auto` strategy will follow
         state.update(recommendation=report.decision.get("recommendation"),
@@ -434,12 +445,13 @@ def dry_run(plan: Plan | str, *, out_dir=None, progress: bool = True):
     return report, paths
 
 
-def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: Batch | None = None,
+def _evaluate(job: Job, translator: Translator, sample: Batch, info, written: Batch | None = None,
               target=None, progress: bool = False):
     """Every check the data allows, and the evidence: search quality of today's
     index, the migrated one and a full re-embed on labelled queries or sibling
     chunks. ``target``: the written collection (verify), searched as it is."""
     from .gate import Thresholds, evaluate
+    plan = job.plan
     thresholds = Thresholds.from_dict(plan.gate.thresholds)
     data = _load_eval_data(plan)
     held_out = data["holdout"] if data else None
@@ -448,7 +460,7 @@ def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: 
         # query texts feed the agreement checks; their labels feed the evidence
         q_new, q_old, _ = _query_vectors(plan, data["holdout_ids"] if held_out else sample.ids)
     summary, decision = gather_evidence(plan, translator, sample, info, target=target,
-                                        progress=progress)
+                                        progress=progress, source=job.source)
     report = evaluate(translator, sample.vectors, metric=info.metric, held_out_pairs=held_out,
                       queries_new=q_new, queries_old=q_old, relevant=None,
                       new_sample=data["new"] if data else None, thresholds=thresholds,
@@ -456,7 +468,7 @@ def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: 
     if written is not None:
         from .transform import expected_vectors
         strategy = resolve_strategy(plan)[0]
-        expected = expected_vectors(make_transform(plan, info, strategy), sample, written)
+        expected = expected_vectors(job.transform, sample, written)
         _add_written_check(report, expected, written.vectors,
                            "translation" if strategy == "translate" else
                            "encoding of their stored text (or translation, per provenance)")
@@ -464,12 +476,13 @@ def _evaluate(plan: Plan, translator: Translator, sample: Batch, info, written: 
 
 
 def gather_evidence(plan: Plan, translator: Translator, sample: Batch, info, *, target=None,
-                    progress: bool = False) -> tuple[dict, dict]:
+                    progress: bool = False, source=None) -> tuple[dict, dict]:
     """(evidence summary, decision) for the report: the evaluation set is built
-    from labelled queries or sibling chunks, encoded for every road, measured."""
+    from labelled queries or sibling chunks, encoded for every road, measured.
+    ``source``: the job's source connector (else one is opened for the call)."""
     from . import evidence as E
     from .encoders import open_encoder
-    src = open_collection(plan.source.uri)
+    src = source or open_collection(plan.source.uri)
     try:
         if has_labels(plan):
             labelled = E.read_labelled_queries(plan.resolve_path(plan.gate.queries),
@@ -487,7 +500,8 @@ def gather_evidence(plan: Plan, translator: Translator, sample: Batch, info, *, 
             summary = E.no_evidence()
             return summary, E.decide(summary, None, count=info.count, baseline=plan.gate.baseline)
     finally:
-        src.close()
+        if source is None:
+            src.close()
     if es.kind == E.LABELS and not plan.model.old and plan.gate.baseline == "today":
         raise UsageError("labelled queries need the old model to search today's index",
                          "set [model] old (--from-model), or [gate] baseline = \"none\"")
@@ -550,21 +564,22 @@ def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutov
     """Rewrite, verify, gate and (on PASS or ``force``) cut over. Resumable and idempotent.
     ``workers`` and ``executor`` ("local" threads or "ray") override the plan's [apply];
     ``budget`` (``transform.Budget``) stops the rewrite early, resumably."""
-    plan = _as_plan(plan)
-    with RunLock(plan.state_dir) as lock:
-        state = JobState(plan.state_dir)
+    with Job(plan, lock=True) as job:
+        plan, state = job.plan, job.state
         if state.stage == "cut_over":  # idempotent: a second apply must not rewrite the live target
             return {"stage": "cut_over", "cutover": "already done", "record": state.get("cutover"),
                     "verdict": state.get("last_verdict"), "written": state.get("written"),
                     "target": plan.target.uri}
-        result = rewrite(plan, lock, progress=progress, workers=workers, executor=executor,
+        # scan -> transform -> write, part by part
+        result = rewrite(job, progress=progress, workers=workers, executor=executor,
                          budget=as_budget(plan, budget))
         if result.get("budget_exhausted"):  # not finished: nothing to verify yet
             return result
-        result.update(verify(plan, lock, progress=progress, with_report=True))
+        # ids and counts, then the quality gate
+        result.update(verify(job, progress=progress, with_report=True))
         report = result.pop("_report")
         if cutover and (result["verdict"] == "PASS" or force):
-            result.update(do_cutover(plan, forced=result["verdict"] != "PASS"))
+            result.update(do_cutover(job, forced=result["verdict"] != "PASS"))
             report.cutover = {"status": "done", "forced": result["forced"], "verdict": result["verdict"]}
         elif cutover:
             result["cutover"] = "blocked by the quality gate (re-run with --force to override)"
@@ -578,9 +593,8 @@ def apply(plan: Plan | str, *, force: bool = False, progress: bool = True, cutov
 def cutover(plan: Plan | str, *, force: bool = False) -> dict:
     """Cut over a verified target (the gate said PASS); ``force`` overrides a
     WARN or FAIL verdict, and the job records that it did."""
-    plan = _as_plan(plan)
-    with RunLock(plan.state_dir):
-        state = JobState(plan.state_dir)
+    with Job(plan, lock=True) as job:
+        plan, state = job.plan, job.state
         if state.stage == "cut_over":
             return {"cutover": "already done", "record": state.get("cutover")}
         if state.stage not in ("applied", "verified", "rolled_back"):
@@ -590,18 +604,25 @@ def cutover(plan: Plan | str, *, force: bool = False) -> dict:
         if state.stage != "verified" and not force:
             raise ConflictError(f"the quality gate said {verdict or 'nothing yet'}, not PASS",
                                 "fix the migration, or cut over anyway with --force")
-        return do_cutover(plan, forced=verdict != "PASS")
+        return do_cutover(job, forced=verdict != "PASS")
 
 
-def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | None = None,
-            executor: str | None = None, budget=None) -> dict:
+def rewrite(plan: Plan | Job, lock: RunLock | None = None, *, progress: bool = True,
+            workers: int | None = None, executor: str | None = None, budget=None) -> dict:
     """scan -> transform (translate or re-embed, the plan's strategy) -> write over the
     source's parts, progress persisted after every batch. ``workers``/``executor``
-    override the plan's [apply] for this run; ``budget`` stops it early, resumably."""
+    override the plan's [apply] for this run; ``budget`` stops it early, resumably.
+    ``plan``: a Plan (the job's lock is taken unless ``lock`` is held) or the running Job."""
+    with job_of(plan, lock or True) as job:
+        return _rewrite(job, progress=progress, workers=workers, executor=executor, budget=budget)
+
+
+def _rewrite(job: Job, *, progress: bool, workers: int | None, executor: str | None,
+             budget) -> dict:
     from .transform import PROVENANCE_KEYS, Budget
-    state = JobState(plan.state_dir)
+    plan, state, lock = job.plan, job.state, job.lock
     if state.reached("trained") and not state.get("apply_started"):
-        _fix_strategy(plan, state, progress=progress)
+        _fix_strategy(plan, state, job.source, progress=progress)
     strategy = resolve_strategy(plan)[0]
     if not state.reached("trained"):
         raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}"
@@ -610,13 +631,13 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
     kind = executor or plan.apply.executor
     if kind == "ray":
         parallel.check_ray_reachable(plan.source.uri, plan.target.uri)
-    src = open_collection(plan.source.uri)
+    src = job.source
     info = src.describe()
     _check_source_unchanged(plan, info)
-    transform = make_transform(plan, info, strategy)
+    transform = job.transform
     if strategy == "reembed" and not state.get("apply_started"):
         _check_source_has_texts(plan, src)
-    dst = open_collection(plan.target.uri)
+    dst = job.target
     started = state.get("apply_started", False)
     _create_target(state, dst, info, transform.new_dim, plan.apply.if_exists, started)
     if strategy != "translate":
@@ -660,7 +681,7 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
             **_count_totals(parts)}
 
 
-def _drive_parts(parts: list[dict], jobs: list, runner, copier, on_batch, lock: RunLock,
+def _drive_parts(parts: list[dict], jobs: list, runner, copier, on_batch, lock: RunLock | None,
                  budget=None, *, save) -> str | None:
     """The one copy loop of apply, catch-up and hybrid passes: run the parts' jobs,
     ``on_batch(part, event)`` for each written batch, ``save()`` after every event, so a
@@ -673,7 +694,8 @@ def _drive_parts(parts: list[dict], jobs: list, runner, copier, on_batch, lock: 
         else:
             on_batch(parts[index], event)
         save()
-        lock.heartbeat()
+        if lock is not None:
+            lock.heartbeat()
         stopped = budget.exhausted(time.monotonic() - started_at) if budget is not None else None
         if stopped and not all(p["done"] for p in parts):
             return stopped
@@ -717,7 +739,7 @@ def _totals(parts: list[dict], state: JobState) -> dict:
             "id_hash": (sum(p["id_hash"] for p in parts) + extra["id_hash"]) % (1 << 64)}
 
 
-def catch_up(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
+def catch_up(plan: Plan | Job, lock: RunLock | None = None, *, progress: bool = True) -> dict:
     """Copy points added to the source since the rewrite started (before cutover).
 
     First each part goes on from its saved cursor, which picks up every point
@@ -727,38 +749,38 @@ def catch_up(plan: Plan, lock: RunLock, *, progress: bool = True) -> dict:
     progress after every batch: a run killed anywhere in it resumes, and a
     checksum left wrong by any earlier run is found and set right.
     """
-    state = JobState(plan.state_dir)
-    before = state.get("written", 0)
-    if state.get("parts"):  # each part goes on from its cursor: new points sorted after it
-        state.update(parts=[{**p, "done": False} for p in state.get("parts")])
-    rewrite(plan, lock, progress=progress)
-    added = JobState(plan.state_dir).get("written", 0) - before
-    with open_collection(plan.source.uri) as src, open_collection(plan.target.uri) as dst:
-        added += _copy_missing(plan, src, dst, lock, progress=progress)
-    return {"caught_up": added}
+    with job_of(plan, lock or True) as job:
+        state = job.state
+        before = state.get("written", 0)
+        if state.get("parts"):  # each part goes on from its cursor: new points sorted after it
+            state.update(parts=[{**p, "done": False} for p in state.get("parts")])
+        rewrite(job, progress=progress)
+        added = state.get("written", 0) - before
+        added += _copy_missing(job, progress=progress)
+        return {"caught_up": added}
 
 
 CATCH_UP_IDS = "catch_up_ids.json"
 
 
-def _copy_missing(plan: Plan, src, dst, lock: RunLock, *, progress: bool = True) -> int:
+def _copy_missing(job: Job, *, progress: bool = True) -> int:
     """Copy the source points the target lacks; returns how many were copied.
 
     A copy saved in state.json by a killed run is finished first. Then the
     target's ids are checked against the job's count and checksum; on any
     difference the ids are compared in full and the missing ones copied.
     """
+    plan, state, src, dst = job.plan, job.state, job.source, job.target
     copied = 0
-    if JobState(plan.state_dir).get("catch_up"):
-        copied += _run_catch_up_copy(plan, lock, progress=progress)
-    target_ids, target_hash = _target_ids(dst, lock)
-    state = JobState(plan.state_dir)
+    if state.get("catch_up"):
+        copied += _run_catch_up_copy(job, progress=progress)
+    target_ids, target_hash = _target_ids(dst, job.lock)
     if len(target_ids) == src.count() and target_hash == state.get("id_hash"):
         return copied
     missing = [i for ids in src.scan_ids() for i in ids if str(i) not in target_ids]
-    lock.heartbeat()
+    job.heartbeat()
     _start_catch_up_copy(plan, state, missing, len(target_ids), target_hash)
-    return copied + _run_catch_up_copy(plan, lock, progress=progress)
+    return copied + _run_catch_up_copy(job, progress=progress)
 
 
 def _target_ids(dst, lock: RunLock) -> tuple[set, int]:
@@ -793,16 +815,15 @@ def _start_catch_up_copy(plan: Plan, state: JobState, missing: list, target_coun
                    "done": a == b} for a, b in zip(bounds, bounds[1:])]})
 
 
-def _run_catch_up_copy(plan: Plan, lock: RunLock, *, progress: bool = True) -> int:
+def _run_catch_up_copy(job: Job, *, progress: bool = True) -> int:
     """Copy the saved missing ids through ``parallel.run_parts`` (the rewrite's
     driver), saving each part's cursor after every batch; then fold the copy
     into the job's totals in one atomic save. Returns the points copied."""
-    state = JobState(plan.state_dir)
-    job = state.get("catch_up")
-    ids = json.loads(Path(job["ids_file"]).read_text())
-    parts = job["parts"]
+    plan, state, lock, transform = job.plan, job.state, job.lock, job.transform
+    copy = state.get("catch_up")
+    ids = json.loads(Path(copy["ids_file"]).read_text())
+    parts = copy["parts"]
     jobs = [parallel.PartJob(k, p["part"], p["cursor"]) for k, p in enumerate(parts) if not p["done"]]
-    transform = make_transform(plan)
     bar = tqdm(total=len(ids), initial=sum(p["written"] for p in parts), unit="vec",
                desc="catch-up", disable=not progress or not jobs)
     runner = parallel.LocalExecutor(plan.apply.workers)
@@ -814,17 +835,16 @@ def _run_catch_up_copy(plan: Plan, lock: RunLock, *, progress: bool = True) -> i
         bar.update(n)
     try:
         _drive_parts(parts, jobs, runner, _id_copier(plan, transform, ids), on_batch, lock,
-                     save=lambda: state.update(catch_up=job, **_catch_up_totals(state, job)))
+                     save=lambda: state.update(catch_up=copy, **_catch_up_totals(state, copy)))
     finally:
         bar.close()
-    with open_collection(plan.target.uri) as dst:
-        dst.finish_write()
-    base = job["base"]
+    job.target.finish_write()
+    base = copy["base"]
     state.update(catch_up=None, missing_copied={
         "written": base["written"] + sum(p["written"] for p in parts),
         "id_hash": (base["id_hash"] + sum(p["id_hash"] for p in parts)) % (1 << 64)})
     state.update(**_totals(state.get("parts") or [], state))
-    Path(job["ids_file"]).unlink(missing_ok=True)
+    Path(copy["ids_file"]).unlink(missing_ok=True)
     return sum(p["written"] for p in parts)
 
 
@@ -855,18 +875,21 @@ def _id_copier(plan: Plan, transform, ids: list):
     return copy
 
 
-def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True,
+def verify(plan: Plan | Job, lock: RunLock | None = None, *, progress: bool = True,
            with_report: bool = False) -> dict:
     """Counts and ids of the target equal the source's; then the quality gate on the target."""
-    state = JobState(plan.state_dir)
-    src, dst = open_collection(plan.source.uri), open_collection(plan.target.uri)
+    with job_of(plan, lock) as job:
+        return _verify(job, progress=progress, with_report=with_report)
+
+
+def _verify(job: Job, *, progress: bool, with_report: bool) -> dict:
+    plan, state, src, dst = job.plan, job.state, job.source, job.target
     info, dst_info = src.describe(), dst.describe()
     target_hash, target_count = 0, 0
     for ids in dst.scan_ids():
         target_hash = (target_hash + parallel.id_hash(ids)) % (1 << 64)
         target_count += len(ids)
-        if lock:
-            lock.heartbeat()
+        job.heartbeat()
     ids_match = target_hash == state.get("id_hash") and target_count == info.count
     translator = _load_translator(plan, info)
     sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
@@ -875,9 +898,9 @@ def verify(plan: Plan, lock: RunLock | None = None, *, progress: bool = True,
     order = [by_id.get(str(i)) for i in sample.ids]
     if any(k is None for k in order):
         ids_match = False
-        report = _evaluate(plan, translator, sample, info, target=dst, progress=progress)
+        report = _evaluate(job, translator, sample, info, target=dst, progress=progress)
     else:
-        report = _evaluate(plan, translator, sample, info, target=dst, progress=progress,
+        report = _evaluate(job, translator, sample, info, target=dst, progress=progress,
                            written=Batch([written.ids[k] for k in order], written.vectors[order],
                                          [written.payloads[k] for k in order]))
     report.mode = "apply"
@@ -904,11 +927,16 @@ def _evidence_fields(report) -> dict:
             "recommendation": (d["decision"] or {}).get("recommendation"), "decision": d["decision"]}
 
 
-def do_cutover(plan: Plan, *, forced: bool = False) -> dict:
-    state = JobState(plan.state_dir)
+def do_cutover(plan: Plan | Job, *, forced: bool = False) -> dict:
+    with job_of(plan) as job:
+        return _do_cutover(job, forced=forced)
+
+
+def _do_cutover(job: Job, *, forced: bool) -> dict:
+    plan, state = job.plan, job.state
     if state.stage == "cut_over":
         return {"cutover": "already done", "record": state.get("cutover")}
-    dst = open_collection(plan.target.uri)
+    dst = job.target
     pending = dst.plan_cutover(plan.target.live_name)
     if pending is not None:  # multi-step cutover: persist the plan first, so rollback can finish it
         state.update(cutover_pending=pending)
@@ -921,15 +949,14 @@ def do_cutover(plan: Plan, *, forced: bool = False) -> dict:
 
 
 def rollback(plan: Plan | str) -> dict:
-    plan = _as_plan(plan)
-    with RunLock(plan.state_dir):
-        state = JobState(plan.state_dir)
+    with Job(plan, lock=True) as job:
+        plan, state = job.plan, job.state
         record = state.get("cutover") or state.get("cutover_pending")  # pending: died mid-cutover
         if not record or state.stage not in ("cut_over", "verified", "applied"):
             raise UsageError(f"nothing to roll back: the job is at stage '{state.stage}'",
                              "rollback undoes a cutover; to discard the target use embedmigrate "
                              "cleanup --drop-target")
-        open_collection(plan.target.uri).rollback(record)
+        job.target.rollback(record)
         state.update(stage="rolled_back", cutover=None, rolled_back=record, rolled_back_at=time.time())
         return {"rolled_back": True, "live_name": plan.target.live_name, "record": record,
                 "outcome": _rollback_outcome(record)}
@@ -966,10 +993,9 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
     """Remove what the migration no longer needs. The old collection is dropped only
     with ``drop_old`` after a cutover; the target only with ``drop_target`` before one."""
     import shutil
-    plan = _as_plan(plan)
     done: dict = {"dropped": []}
-    with RunLock(plan.state_dir):
-        state = JobState(plan.state_dir)
+    with Job(plan, lock=True) as job:
+        plan, state = job.plan, job.state
         if drop_old:
             record = state.get("cutover")
             if state.stage != "cut_over" or not record:
@@ -979,13 +1005,13 @@ def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = Fal
             from .connectors import connector_class
             retired = connector_class(parse_uri(plan.source.uri).engine).retired_collection(record)
             if retired:
-                open_collection(parse_uri(plan.source.uri).with_collection(retired)).drop()
+                job.open(parse_uri(plan.source.uri).with_collection(retired)).drop()
                 done["dropped"].append(retired)
                 state.update(old_dropped=retired)
         if drop_target:
             if state.stage == "cut_over":
                 raise ConflictError("the target is live", "roll back first: embedmigrate rollback PLAN")
-            open_collection(plan.target.uri).drop()
+            job.target.drop()
             done["dropped"].append(parse_uri(plan.target.uri).collection)
             state.update(stage="trained" if state.reached("trained") else state.stage,
                          apply_started=False, creating_target=False, cursor=None, parts=None,
@@ -1003,35 +1029,34 @@ def run(plan: Plan | str, *, progress: bool = False, force: bool = False, worker
         executor: str | None = None) -> dict:
     """Advance the job by one idempotent step: planned -> trained -> applied ->
     verified -> cut_over. Safe to call from cron every few minutes."""
-    plan = _as_plan(plan)
-    with RunLock(plan.state_dir) as lock:
-        state = JobState(plan.state_dir)
+    with Job(plan, lock=True) as job:
+        state = job.state
         stage = state.stage
         if stage == "planned":
-            return {"step": "train", **_train(plan, lock, progress=progress, retrain=False)}
+            return {"step": "train", **_train(job, progress=progress, retrain=False)}
         if stage in ("trained", "applying"):
-            return {"step": "apply", **rewrite(plan, lock, progress=progress, workers=workers,
+            return {"step": "apply", **rewrite(job, progress=progress, workers=workers,
                                                executor=executor)}
         if stage == "applied":
-            caught = catch_up(plan, lock, progress=progress)
-            return {"step": "verify", **caught, **verify(plan, lock, progress=progress)}
+            caught = catch_up(job, progress=progress)
+            return {"step": "verify", **caught, **verify(job, progress=progress)}
         if stage == "verified":
-            caught = catch_up(plan, lock, progress=progress)
+            caught = catch_up(job, progress=progress)
             if caught["caught_up"]:  # new points since the gate: verify again first
-                return {"step": "verify", **caught, **verify(plan, lock, progress=progress)}
-            return {"step": "cutover", **do_cutover(plan)}
+                return {"step": "verify", **caught, **verify(job, progress=progress)}
+            return {"step": "cutover", **do_cutover(job)}
         if stage == "cut_over":
             return {"step": "none", "stage": stage, "message": "migration complete"}
         if stage == "rolled_back":
             if force:
-                return {"step": "cutover", **do_cutover(plan, forced=True)}
+                return {"step": "cutover", **do_cutover(job, forced=True)}
             return {"step": "none", "stage": stage, "message": "rolled back; run with --force to cut over again"}
         raise UsageError(f"unknown job stage '{stage}'", f"inspect {state.path}")
 
 
 def status(plan: Plan | str) -> dict:
-    plan = _as_plan(plan)
-    state = JobState(plan.state_dir)
+    job = Job(plan)  # reads the state; opens nothing
+    plan, state = job.plan, job.state
     lock = plan.state_dir / "lock"
     return {"plan": str(plan.path), "stage": state.stage, "written": state.get("written", 0),
             "source_count": plan.source.count, "checkpoint": str(plan.checkpoint_dir),
@@ -1091,19 +1116,15 @@ def resolve_strategy(plan: Plan, recommendation: str | None = None) -> tuple[str
                          "\"reembed\" or \"hybrid\" to encode the stored texts with the new model")
 
 
-def _fix_strategy(plan: Plan, state: JobState, *, progress: bool = False) -> None:
+def _fix_strategy(plan: Plan, state: JobState, src, *, progress: bool = False) -> None:
     """Before the first batch: an ``auto`` plan takes the decision report's
     recommendation (measured now if no dry run recorded one), and the choice is
     recorded so every later run of this job uses the same strategy."""
     if plan.strategy.name == "auto" and state.get("recommendation") is None:
-        src = open_collection(plan.source.uri)
-        try:
-            info = src.describe()
-            sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
-        finally:
-            src.close()
+        info = src.describe()  # src: the job's source connector
+        sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
         _, decision = gather_evidence(plan, _load_translator(plan, info), sample, info,
-                                      progress=progress)
+                                      progress=progress, source=src)
         state.update(recommendation=decision.get("recommendation"),
                      recommendation_reason=decision.get("reason"))
     chosen, reason = resolve_strategy(plan)
