@@ -11,13 +11,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+from .. import retry
 from ..errors import DataError, NotFoundError, UnavailableError, UsageError
-from .base import KINDS, Encoder, _allow, _batches, _normalize_option, _parse_number
+from .base import KINDS, Encoder, _allow, _normalize_option, _parse_number
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -29,14 +31,30 @@ class HTTPOptions:
     batch_size: int = 64  # texts per request
     retries: int = 5  # retries after the first attempt, for 429 / 5xx / connection errors
     backoff: float = 0.5  # first retry delay in seconds, doubled each time
-    max_backoff: float = 8.0
-    rps: float | None = None  # at most this many requests per second
+    max_backoff: float = 8.0  # the longest wait, also for a server's Retry-After
+    rps: float | None = None  # at most this many requests per second (all threads together)
     timeout: float = 60.0  # seconds per request
     dimensions: int | None = None  # sent as "dimensions" (models that can shorten vectors)
+    concurrency: int = 4  # requests in flight at once (all callers of this encoder together)
+
+
+class _Retryable(Exception):
+    """A failure another attempt may get past (429, 5xx, a timeout, a refused connection)."""
+
+    def __init__(self, problem: str, retry_after: float | None = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.retry_after = retry_after  # the server's Retry-After, read by retry.wait_before_retry
 
 
 class OpenAIEncoder(Encoder):
     """Any server that speaks OpenAI's ``POST {base}/embeddings``.
+
+    A call's texts go out in requests of ``batch_size`` texts, up to
+    ``concurrency`` of them in flight at once (the vectors come back in input
+    order), spaced to at most ``rps`` requests a second; each request is
+    retried through the one retry helper (retry.py) on 429 / 5xx / connection
+    errors, honouring the server's Retry-After.
 
     The API key is read from the environment variable ``key_env`` for every
     request; it is never stored on the object, logged or put in an error.
@@ -51,9 +69,12 @@ class OpenAIEncoder(Encoder):
         self.key_env = key_env
         self.options = options or HTTPOptions()
         self._next_request_at = 0.0
+        self._lock = threading.Lock()  # the rate limit's schedule and the counters below
+        # one slot per request in flight, shared by every thread that calls this encoder
+        self._slots = threading.BoundedSemaphore(max(1, int(self.options.concurrency)))
         self.requests_sent = 0  # counting attempts, for reports and tests
         self.tokens_used = 0  # the endpoint's usage.total_tokens, summed (0 where it reports none)
-        self._usage = threading.local()  # the same, per thread: what one copier's call cost
+        self._usage = threading.local()  # the same, per calling thread: what one copier's call cost
 
     @property
     def endpoint(self) -> str:
@@ -65,26 +86,47 @@ class OpenAIEncoder(Encoder):
     def _encode(self, texts, batch_size, show_progress, kind):
         # texts per request: the caller's explicit choice, else the spec's ?batch_size=
         size = batch_size or self.options.batch_size
-        return np.concatenate([self._embed_batch(self._prefixed(batch, kind))
-                               for batch in _batches(texts, size, show_progress, self.name)])
+        requests = [self._prefixed(texts[i:i + size], kind) for i in range(0, len(texts), size)]
+        results = self._embed_all(requests)
+        if show_progress:
+            from tqdm.auto import tqdm
+            results = tqdm(results, total=len(requests), desc=self.name, unit="batch")
+        vectors, tokens = [], 0
+        for batch_vectors, batch_tokens in results:
+            vectors.append(batch_vectors)
+            tokens += batch_tokens
+        # counted for the calling thread, though worker threads sent the requests
+        self._usage.tokens = getattr(self._usage, "tokens", 0) + tokens
+        return np.concatenate(vectors)
 
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+    def _embed_all(self, requests: list[list[str]]):
+        """(vectors, tokens) per request, in input order, up to ``concurrency`` at once."""
+        workers = min(max(1, int(self.options.concurrency)), len(requests))
+        if workers == 1:
+            yield from map(self._embed_batch, requests)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedmigrate-http") as pool:
+            # map yields in input order and cancels what has not started if one request fails
+            yield from pool.map(self._embed_batch, requests)
+
+    def _embed_batch(self, texts: list[str]) -> tuple[np.ndarray, int]:
         body = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self.options.dimensions:
             body["dimensions"] = self.options.dimensions
         reply = self._post(json.dumps(body).encode("utf-8"))
         vectors = self._parse(reply, len(texts))
-        self._count_usage(reply)
-        return vectors
+        return vectors, self._count_usage(reply)
 
-    def _count_usage(self, reply: bytes) -> None:
+    def _count_usage(self, reply: bytes) -> int:
+        tokens = 0
         with contextlib.suppress(ValueError, AttributeError, TypeError):
             tokens = int(json.loads(reply).get("usage", {}).get("total_tokens") or 0)
+        with self._lock:
             self.tokens_used += tokens
-            self._usage.tokens = getattr(self._usage, "tokens", 0) + tokens
+        return tokens
 
     def tokens_used_here(self) -> int:
-        """Tokens the endpoint reported for this thread's requests so far."""
+        """Tokens the endpoint reported for this thread's calls so far."""
         return getattr(self._usage, "tokens", 0)
 
     def _headers(self) -> dict:
@@ -105,42 +147,50 @@ class OpenAIEncoder(Encoder):
 
     def _post(self, payload: bytes) -> bytes:
         opts = self.options
-        delays = [min(opts.max_backoff, opts.backoff * 2 ** i) for i in range(max(0, opts.retries))]
-        last_problem = ""
-        for attempt in range(len(delays) + 1):
+        return retry.retrying(lambda: self._post_once(payload),
+                              delays=retry.retry_delays(opts.retries, base=opts.backoff, cap=opts.max_backoff),
+                              is_transient=lambda e: isinstance(e, _Retryable),
+                              give_up=self._gave_up, max_wait=opts.max_backoff)
+
+    def _post_once(self, payload: bytes) -> bytes:
+        """One attempt; a failure worth another is raised as ``_Retryable``."""
+        headers = self._headers()
+        with self._slots:
             self._wait_for_rate_limit()
-            request = urllib.request.Request(self.endpoint, data=payload, headers=self._headers(), method="POST")
-            self.requests_sent += 1
-            retry_after = None
+            request = urllib.request.Request(self.endpoint, data=payload, headers=headers, method="POST")
+            with self._lock:
+                self.requests_sent += 1
             try:
-                with urllib.request.urlopen(request, timeout=opts.timeout) as response:
+                with urllib.request.urlopen(request, timeout=self.options.timeout) as response:
                     return response.read()
             except urllib.error.HTTPError as exc:
                 detail = self._redact(_error_detail(exc))
                 if exc.code not in RETRYABLE_STATUS:
                     raise self._fatal_http_error(exc.code, detail) from None
-                last_problem = f"HTTP {exc.code}" + (f": {detail}" if detail else "")
-                retry_after = _retry_after_seconds(exc.headers.get("Retry-After"))
+                raise _Retryable(f"HTTP {exc.code}" + (f": {detail}" if detail else ""),
+                                 retry.retry_after(exc)) from None
             except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError,
                     http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", exc)
-                last_problem = self._redact(f"{type(reason).__name__}: {reason}")
-            if attempt < len(delays):
-                delay = delays[attempt]
-                if retry_after is not None:  # the server knows best, within our cap
-                    delay = max(delay, min(retry_after, opts.max_backoff))
-                time.sleep(delay)
-        raise UnavailableError(f"embedding endpoint {self.endpoint} failed after {len(delays) + 1} "
-                               f"attempts ({last_problem})",
-                               "check the server is up and not overloaded, or raise ?retries= / lower ?rps=")
+                raise _Retryable(self._redact(f"{type(reason).__name__}: {reason}")) from None
+
+    def _gave_up(self, error: BaseException, attempts: int) -> UnavailableError:
+        return UnavailableError(f"embedding endpoint {self.endpoint} failed after {attempts} "
+                                f"attempts ({getattr(error, 'problem', error)})",
+                                "check the server is up and not overloaded, or raise ?retries= / lower "
+                                "?rps= / ?concurrency=")
 
     def _wait_for_rate_limit(self) -> None:
+        """Take the next free send time (``1/rps`` after the last one) and sleep until it:
+        threads reserve their slot under the lock, so together they keep to ``rps``."""
         if not self.options.rps:
             return
-        now = time.monotonic()
-        if now < self._next_request_at:
-            time.sleep(self._next_request_at - now)
-        self._next_request_at = max(now, self._next_request_at) + 1.0 / self.options.rps
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_request_at)
+            self._next_request_at = start + 1.0 / self.options.rps
+        if start > now:
+            time.sleep(start - now)
 
     def _fatal_http_error(self, code: int, detail: str):
         where = f"embedding endpoint {self.endpoint}"
@@ -182,13 +232,6 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     return " ".join(body.split())[:200]
 
 
-def _retry_after_seconds(value) -> float | None:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None  # HTTP-date forms are rare for APIs; fall back to our backoff
-
-
 def _open_openai(spec: str, normalize: bool | None) -> OpenAIEncoder:
     parts = urlsplit(spec)
     if parts.username or parts.password:
@@ -210,9 +253,10 @@ def _open_openai(spec: str, normalize: bool | None) -> OpenAIEncoder:
         if key in options:
             setattr(http, key, _parse_number(options[key], key, float if key in ("backoff", "max_backoff",
                                                                                  "rps", "timeout") else int))
-    if http.batch_size < 1 or http.retries < 0 or (http.rps is not None and http.rps <= 0) or http.timeout <= 0:
+    if (http.batch_size < 1 or http.retries < 0 or (http.rps is not None and http.rps <= 0)
+            or http.timeout <= 0 or http.concurrency < 1):
         raise UsageError(f"bad HTTP encoder options in '{spec.split('?', 1)[0]}'",
-                         "batch_size >= 1, retries >= 0, rps > 0, timeout > 0")
+                         "batch_size >= 1, retries >= 0, rps > 0, timeout > 0, concurrency >= 1")
     base_url = f"{parts.scheme.split('+', 1)[1]}://{parts.netloc}{parts.path}"
     prefixes = {k: options[f"{k}_prefix"] for k in KINDS if f"{k}_prefix" in options}
     return OpenAIEncoder(base_url, model, key_env=options.get("key_env") or None, options=http,
