@@ -17,6 +17,7 @@ import numpy as np
 from .. import retry
 from ..errors import DataError, UnavailableError
 from ..retry import retry_delays, retry_settings  # noqa: F401 - the connectors import them from here
+from ..vectors import as_float32  # noqa: F401 - one check for every vector (vectors.py)
 from .uri import CollectionURI
 
 METRICS = ("cosine", "dot", "l2")
@@ -245,30 +246,6 @@ class Connector(ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-def as_float32(vectors, dim: int | None = None, *, what: str = "vectors") -> np.ndarray:
-    """Validate a vector batch: 2-D, finite, of the expected dimension."""
-    try:
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: refused below
-            arr = np.asarray(vectors, dtype=np.float32)
-    except (ValueError, TypeError) as e:  # ragged rows, text, None, nested objects
-        raise DataError(f"{what} are not a 2-D array of numbers ({_first_line(e)})",
-                        "pass one vector of numbers per row, all of the same dimension") from None
-    if arr.ndim == 1 and arr.size == 0:
-        arr = arr.reshape(0, dim or 0)
-    if arr.ndim != 2:
-        raise DataError(f"{what} must be a 2-D array (n, dim), got shape {arr.shape}",
-                        "pass one vector per row")
-    if dim is not None and arr.shape[1] != dim:
-        raise DataError(f"{what} have dimension {arr.shape[1]} but the collection expects {dim}",
-                        "translate to the target model's dimension, or create the target for "
-                        f"dimension {arr.shape[1]}")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise DataError(f"{bad} of {len(arr)} {what} contain NaN or inf",
-                        "clean or drop those points in the source before migrating")
-    return arr
 
 
 def _first_line(e: Exception) -> str:

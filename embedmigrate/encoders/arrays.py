@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, MissingDependencyError, NotFoundError, UsageError
-from .base import Encoder, _l2_normalise
+from ..vectors import l2_normalise
+from .base import Encoder
 
 class ArrayEncoder(Encoder):
     """Vectors computed elsewhere, served as if a model produced them.
@@ -44,7 +45,7 @@ class ArrayEncoder(Encoder):
                             "use rows of the text file the vectors were computed from")
         vectors = np.asarray(self.vectors[rows], dtype=np.float32)
         self._check_output(vectors, len(rows))
-        return _l2_normalise(vectors) if (self.normalize if normalize is None else normalize) else vectors
+        return l2_normalise(vectors) if (self.normalize if normalize is None else normalize) else vectors
 
     def _encode(self, texts, batch_size, show_progress, kind):
         if self._row_of is None:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote
 import numpy as np
 
 from ..errors import DataError, UsageError
+from ..vectors import as_float32, l2_normalise
 
 KINDS = ("passage", "query")
 DEFAULT_BATCH_SIZE = 64
@@ -70,7 +71,7 @@ class Encoder:
         batch_size = int(batch_size) if batch_size is not None else None
         vectors = np.asarray(self._encode(texts, batch_size, show_progress, kind), dtype=np.float32)
         self._check_output(vectors, len(texts))
-        return _l2_normalise(vectors) if self.normalize else vectors
+        return l2_normalise(vectors) if self.normalize else vectors
 
     def fingerprint(self) -> str:
         """A stable id of this model and its settings: the key of encode caches."""
@@ -112,10 +113,8 @@ class Encoder:
         elif vectors.shape[1] != self._dim:
             raise DataError(f"encoder {self.name} returned dimension {vectors.shape[1]}, "
                             f"earlier {self._dim}", "use one model (and one dimensions setting) throughout")
-        if not np.isfinite(vectors).all():
-            bad = int((~np.isfinite(vectors)).any(axis=1).sum())
-            raise DataError(f"encoder {self.name} returned {bad} vectors with NaN or inf",
-                            "check the model files / endpoint")
+        as_float32(vectors, what=f"vectors from encoder {self.name}",
+                   nonfinite_fix="check the model files / endpoint")
 
 
 def _check_texts(texts) -> list[str]:
@@ -127,11 +126,6 @@ def _check_texts(texts) -> list[str]:
             raise DataError(f"text {i} is {type(t).__name__}, not a string",
                             "drop or convert non-text values before encoding")
     return texts
-
-
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    # an all-zero vector (e.g. WordLlama on an empty text) stays zero instead of NaN
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _safe_name(name: str) -> str:

@@ -36,6 +36,8 @@ from safetensors import SafetensorError
 
 from ..errors import DataError, EmbedMigrateError, NotFoundError, UsageError, file_error
 from ..files import fsync_dir
+from ..vectors import as_float32
+from ..vectors import l2_normalise as _normalise  # noqa: F401 - the translators import it from here
 
 CHECKPOINT_FORMAT = 1
 META_FILE = "translator.json"
@@ -46,20 +48,13 @@ CHOOSE_ANOTHER_DIR = "set [train] checkpoint in the plan (plan --checkpoint DIR)
 
 
 def check_vectors(x, what: str, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2:
-        raise DataError(f"{what} must be a 2-D array (n, dim), got shape {arr.shape}",
-                        "pass one vector per row")
-    if dim is not None and arr.shape[1] != dim:
-        raise DataError(f"{what} have dimension {arr.shape[1]}, the translator expects {dim}",
-                        "use the checkpoint trained for this model pair, or retrain")
+    """``x`` through the one vector check (vectors.as_float32), with at least ``min_rows`` rows."""
+    arr = as_float32(x, dim, what=what, expected_by="the translator",
+                     dim_fix="use the checkpoint trained for this model pair, or retrain",
+                     nonfinite_fix="drop or repair those vectors before training")
     if len(arr) < min_rows:
         raise DataError(f"{what}: {len(arr)} vectors, at least {min_rows} are needed",
                         "sample more points (plan: sample.old / sample.new)")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise DataError(f"{what}: {bad} of {len(arr)} vectors contain NaN or inf",
-                        "drop or repair those vectors before training")
     return arr
 
 
@@ -74,10 +69,6 @@ def fingerprint(*arrays: np.ndarray | None) -> str:
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class Translator(ABC):
