@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..device import pick_device
 from ..errors import MissingDependencyError, UsageError
 from .base import DEFAULT_BATCH_SIZE, KINDS, Encoder, _parse_bool
 from .unpack import mpnet_model_dir
@@ -81,7 +82,8 @@ def _load_sentence_transformer(model_dir: Path, device: str | None):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     try:
-        return SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+        # the one device picker (device.py): CUDA when present, a missing device in one line
+        return SentenceTransformer(str(model_dir), device=str(pick_device(device)), local_files_only=True)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot load the model in '{model_dir}': {first_line}",

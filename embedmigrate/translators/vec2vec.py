@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import mixed_precision, pick_device
 from ..errors import DataError, UsageError
 from .base import Translator, _normalise
 from .linear import confidence_of_translations
@@ -338,31 +339,9 @@ class Config:
         return cls(**base)
 
 
-def pick_device(pref: str = "auto") -> torch.device:
-    """cuda > mps > cpu for "auto"; a named device must exist."""
-    pref = (pref or "auto").lower()
-    has_cuda = torch.cuda.is_available()
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if pref == "auto":
-        return torch.device("cuda" if has_cuda else "mps" if has_mps else "cpu")
-    if pref.startswith("cuda"):
-        if not has_cuda:
-            raise UsageError("device 'cuda' requested but PyTorch sees no CUDA GPU",
-                             "use device='auto' or 'cpu', or install a CUDA build of torch")
-        return torch.device(pref)
-    if pref == "mps":
-        if not has_mps:
-            raise UsageError("device 'mps' requested but Apple MPS is not available",
-                             "use device='auto' or 'cpu'")
-        return torch.device("mps")
-    if pref == "cpu":
-        return torch.device("cpu")
-    raise UsageError(f"unknown device '{pref}'", "use 'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
-
-
 def use_amp(device: torch.device, cfg: Config) -> bool:
     """fp16 autocast + GradScaler only pay off (and are only safe) on CUDA."""
-    return bool(cfg.amp) and device.type == "cuda"
+    return mixed_precision(device, cfg.amp)
 
 
 def seed_everything(seed: int) -> None:
