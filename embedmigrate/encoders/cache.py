@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_with
 from .base import Encoder, _check_texts, _safe_name
 
 def encode_cached(encoder: Encoder, texts, cache_dir, *, kind: str = "passage",
@@ -29,17 +28,9 @@ def encode_cached(encoder: Encoder, texts, cache_dir, *, kind: str = "passage",
         except (ValueError, OSError):
             pass  # unreadable cache entry: recompute and overwrite it
     vectors = encoder.encode(texts, batch_size=batch_size, show_progress=show_progress, kind=kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # write beside, then rename: a crash never leaves a truncated entry behind
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, vectors)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # the one atomic writer: a crash never leaves a truncated entry behind
+    atomic_write_with(path, lambda fh: np.save(fh, vectors),
+                      elsewhere="free disk space, or set EMBEDMIGRATE_ENCODE_CACHE to a writable folder")
     return vectors
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, fields
@@ -396,11 +395,10 @@ class Run:
 
 
 def _save_training_state(path: Path, run: Run, key: str) -> None:
-    """Write-to-temp-then-rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, **run.state()}, tmp)
-    os.replace(tmp, path)
+    """Replaced whole or not at all, fsynced (files.py): a crash never leaves a half-written file."""
+    from ..files import atomic_write_with
+    atomic_write_with(path, lambda fh: torch.save({"key": key, **run.state()}, fh),
+                      elsewhere="set checkpoint_dir to a writable folder with free space")
 
 
 def _load_training_state(path: Path, key: str) -> dict | None:
