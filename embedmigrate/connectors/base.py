@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import retry
-from ..errors import DataError, UnavailableError
+from ..errors import DataError, UnavailableError, UsageError
 from ..retry import retry_delays, retry_settings  # noqa: F401 - the connectors import them from here
 from ..vectors import as_float32  # noqa: F401 - one check for every vector (vectors.py)
 from .uri import CollectionURI
@@ -261,6 +261,17 @@ def check_batch(batch: Batch, dim: int) -> Batch:
     if len(set(map(str, batch.ids))) != len(batch.ids):
         raise DataError("batch contains duplicate ids", "deduplicate ids before writing")
     return Batch(list(batch.ids), vectors, batch.payloads, batch.documents)
+
+
+def id_range_bounds(part: Part, engine: str) -> tuple:
+    """``(from, to)`` of an id-range part (``{'from': id, 'to': id}``, None: an open end)
+    that ``partitions()`` returned: the one part parser of the engines that cut by id."""
+    if part is None:
+        return None, None
+    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
+        raise UsageError(f"{part!r} is not a {engine} scan part",
+                         "pass a part that partitions() returned ({'from': id, 'to': id})")
+    return part.get("from"), part.get("to")
 
 
 def quantile_positions(count: int, n: int) -> list[int]:
