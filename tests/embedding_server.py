@@ -53,7 +53,11 @@ class EmbeddingServer:
             self._httpd = None
 
     def reset(self) -> None:
-        """Forget recorded requests and pending injections (between tests)."""
+        """Forget recorded requests and pending injections (between tests), once requests
+        still being answered (a client that timed out and hung up) are done."""
+        deadline = time.monotonic() + 10
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             self.fail_next, self.delay_next, self.requests[:] = [], [], []
             self.delay_each, self.retry_after, self.max_in_flight = 0.0, "0", 0

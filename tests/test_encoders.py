@@ -243,7 +243,7 @@ def test_http_rate_limit_spaces_requests(server, http):
 def test_http_requests_overlap_up_to_concurrency_and_keep_input_order(models, server, http):
     """Eight one-text requests that take 0.6, 0.45, 0.3, 0.15 s on the server (so later ones
     finish first): with concurrency=4 four are in flight at once (about 1.2 s in all, not
-    3 s) and the vectors still come back in input order; concurrency=1 sends them one
+    3 s or more) and the vectors still come back in input order; concurrency=1 sends them one
     after another."""
     texts = [f"text number {i}: {TEXTS[i % 4]}" for i in range(8)]
     expected = models("minilm").encode(texts)
@@ -252,7 +252,8 @@ def test_http_requests_overlap_up_to_concurrency_and_keep_input_order(models, se
     vectors = open_encoder(http(batch_size=1, concurrency=4)).encode(texts)
     elapsed = time.perf_counter() - started
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
-    assert server.max_in_flight == 4 and elapsed < 3.0 * 0.6, (server.max_in_flight, elapsed)
+    # one after another, the server's stalls alone would take 3.0 s
+    assert server.max_in_flight == 4 and elapsed < 3.0, (server.max_in_flight, elapsed)
 
     server.reset()
     server.delay_each = 0.05
@@ -262,13 +263,16 @@ def test_http_requests_overlap_up_to_concurrency_and_keep_input_order(models, se
 
 
 def test_http_rate_limit_holds_across_concurrent_requests(server, http):
-    """rps bounds all requests together, however many are in flight."""
+    """rps bounds all requests together, however many are in flight: ten requests at
+    rps=10 take at least 0.9 s, and no four of them arrive within 0.15 s (four threads
+    without the limit send four at once; scheduling jitter on a busy machine may bunch
+    two or three)."""
+    started = time.perf_counter()
     open_encoder(http(batch_size=1, rps=10, concurrency=4)).encode(TEXTS * 2)
-    arrivals = sorted(r["at"] for r in server.requests)
+    assert time.perf_counter() - started >= 9 / 10
+    arrivals = np.sort([r["at"] for r in server.requests])
     assert len(arrivals) == 10
-    assert arrivals[-1] - arrivals[0] >= 9 / 10 * 0.9
-    gaps = np.diff(arrivals)
-    assert gaps.min() >= 1 / 10 * 0.7, gaps  # never a burst, only jitter around 0.1 s
+    assert (arrivals[3:] - arrivals[:-3]).min() >= 0.15, np.diff(arrivals)
 
 
 def test_http_concurrent_retries_then_success_in_order(models, server, http):
