@@ -9,11 +9,17 @@ the temporary file and becomes one line that names the fix (errors.file_error).
 Writers of several files that must change together (the report set) use the two
 pieces: ``stage`` every file first, then ``commit`` them; a failure while staging
 leaves every previous file in place.
+
+A folder that must appear whole (a translator checkpoint) is written with
+``atomic_write_folder``: its files are written and fsynced into a temporary
+sibling folder (``write_synced``), which is fsynced and then swapped into place
+(``swap_folder``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -114,5 +120,62 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_synced(path, data: bytes, mode: int = DEFAULT_MODE) -> None:
+    """Write a new file and fsync it: for files inside a folder that is itself staged
+    (``atomic_write_folder``), where the folder's swap is what makes them appear."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(path, mode)
+
+
+def atomic_write_folder(directory, fill: Callable[[Path], object], mode: int = 0o755, *,
+                        elsewhere: str = ELSEWHERE) -> Path:
+    """Replace the folder ``directory`` with what ``fill(tmp)`` writes into a temporary
+    sibling folder (with ``write_synced``): a failed or interrupted write leaves the
+    previous folder (or none), never a partial one. Returns the path."""
+    directory = Path(directory)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        tmp.chmod(mode)  # mkdtemp makes 0700; a checkpoint is read by other services too
+    except OSError as e:
+        raise file_error(e, directory, elsewhere=elsewhere) from None
+    try:
+        fill(tmp)
+        fsync_dir(tmp)
+        swap_folder(tmp, directory)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise file_error(e, directory, elsewhere=elsewhere) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def swap_folder(tmp: Path, directory: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``directory``, replacing an older one.
+
+    A folder cannot be renamed over a non-empty one, so the old one is moved
+    aside first; if the second rename fails the old one is put back. (A crash
+    between the two renames leaves no folder, which readers report as such,
+    and the old one under ``.NAME.old``, which the next swap clears.)"""
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if not directory.exists():
+        tmp.rename(directory)
+    else:
+        directory.rename(old)
+        try:
+            tmp.rename(directory)
+        except OSError:
+            old.rename(directory)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(directory.parent)
+
+
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_with", "stage", "commit",
-           "discard", "fsync_dir"]
+           "discard", "fsync_dir", "write_synced", "atomic_write_folder", "swap_folder"]

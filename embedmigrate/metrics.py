@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .vectors import l2_normalise
+
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """Rows as float32 unit vectors (the one normaliser, vectors.l2_normalise)."""
+    return l2_normalise(np.asarray(x, dtype=np.float32))
 
 
 def mean_cosine(pred: np.ndarray, true: np.ndarray) -> float:

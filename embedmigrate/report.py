@@ -15,7 +15,6 @@ import base64
 import html
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from . import files
 from .errors import file_error
+from .redact import scrub_secrets  # one redaction scheme for URIs, errors and reports
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 _SEVERITY = {PASS: 0, SKIP: 0, WARN: 1, FAIL: 2}
@@ -30,17 +30,6 @@ REPORT_FILES = {"html": "report.html", "json": "report.json", "md": "report.md"}
 
 
 # --- secrets -------------------------------------------------------------------
-
-_URI_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@'\"]*):[^@\s/'\"]*@")
-_SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|api[_-]?key|token|secret)=([^&\s'\"<]+)")
-
-
-def scrub_secrets(text: str) -> str:
-    """Defensive: callers redact URIs; this removes any ``://user:pw@`` and
-    ``password=`` / ``api_key=`` / ``token=`` values that slipped through."""
-    text = _URI_PASSWORD.sub(r"\1:***@", text)
-    return _SECRET_PARAM.sub(r"\1=***", text)
-
 
 def _scrub(obj):
     if isinstance(obj, str):

@@ -3,6 +3,8 @@
     server = EmbeddingServer(encode=minilm.encode, model="minilm", api_key="sk-test")
     base = server.start()            # "http://127.0.0.1:<free port>/v1"
     server.fail_next = [429, 500]    # the next two requests fail with these statuses
+    server.delay_each = 0.2          # every request stalls 0.2 s (in-flight requests overlap)
+    server.max_in_flight             # the most requests it was answering at once
     server.stop()
 
 It speaks the shape of OpenAI's ``POST /v1/embeddings`` (``input`` a string
@@ -27,8 +29,13 @@ class EmbeddingServer:
         self.api_key = api_key
         self.fail_next: list[int] = []  # statuses to answer instead of embedding, one per request
         self.delay_next: list[float] = []  # seconds to stall before answering, one per request
-        self.requests: list[dict] = []  # {"authorization", "inputs", "status"}
+        self.delay_each = 0.0  # seconds every request stalls (after any delay_next)
+        self.retry_after = "0"  # the Retry-After header sent with an injected 429
+        self.requests: list[dict] = []  # {"authorization", "inputs", "status", "at"}
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most at once since the last reset
         self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()  # a model's tokenizer is not safe in two threads at once
         self._httpd = None
         self._thread = None
 
@@ -45,6 +52,16 @@ class EmbeddingServer:
             self._httpd.server_close()
             self._httpd = None
 
+    def reset(self) -> None:
+        """Forget recorded requests and pending injections (between tests), once requests
+        still being answered (a client that timed out and hung up) are done."""
+        deadline = time.monotonic() + 10
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._lock:
+            self.fail_next, self.delay_next, self.requests[:] = [], [], []
+            self.delay_each, self.retry_after, self.max_in_flight = 0.0, "0", 0
+
     def _next_injection(self) -> tuple[int | None, float]:
         with self._lock:
             status = self.fail_next.pop(0) if self.fail_next else None
@@ -53,18 +70,26 @@ class EmbeddingServer:
 
     def handle(self, path: str, headers, body: bytes) -> tuple[int, dict, dict]:
         """(status, extra headers, JSON reply) for one request."""
-        record = {"authorization": headers.get("Authorization"), "inputs": None, "status": None}
-        self.requests.append(record)
-        status, delay = self._next_injection()
-        if delay:
-            time.sleep(delay)
-        reply = self._reply(path, headers, body, record, status)
+        record = {"authorization": headers.get("Authorization"), "inputs": None, "status": None,
+                  "at": time.monotonic()}
+        with self._lock:
+            self.requests.append(record)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            status, delay = self._next_injection()
+            if delay + self.delay_each:
+                time.sleep(delay + self.delay_each)
+            reply = self._reply(path, headers, body, record, status)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         record["status"] = reply[0]
         return reply
 
     def _reply(self, path, headers, body, record, injected):
         if injected is not None:
-            extra = {"Retry-After": "0"} if injected == 429 else {}
+            extra = {"Retry-After": self.retry_after} if injected == 429 else {}
             return injected, extra, _error(f"injected failure {injected}", "server_error")
         if path.rstrip("/") != "/v1/embeddings":
             return 404, {}, _error(f"no route {path}", "not_found")
@@ -85,7 +110,8 @@ class EmbeddingServer:
         if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
             return 400, {}, _error("input must be a string or a list of strings", "invalid_request_error")
         record["inputs"] = inputs
-        vectors = self.encode(inputs)
+        with self._encode_lock:
+            vectors = self.encode(inputs)
         data = [{"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
                 for i, v in enumerate(vectors)]
         return 200, {}, {"object": "list", "model": self.model, "data": data[::-1],

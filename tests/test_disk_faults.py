@@ -172,14 +172,14 @@ def _no_leftovers(ckpt: Path) -> None:
 def test_disk_full_on_the_second_file_keeps_the_previous_checkpoint(saved, monkeypatch):
     translator, ckpt = saved
     before = digest(ckpt)
-    real = checkpoint_io._write_synced
+    real = checkpoint_io.files.write_synced
 
     def fill_up(path, data):
         if path.name == checkpoint_io.META_FILE:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data)
 
-    monkeypatch.setattr(checkpoint_io, "_write_synced", fill_up)
+    monkeypatch.setattr(checkpoint_io.files, "write_synced", fill_up)
     translator.meta["changed"] = True
     with pytest.raises(UsageError, match="No space left") as e:
         translator.save(ckpt)

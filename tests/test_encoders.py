@@ -163,7 +163,7 @@ def server(models):
 def http(server, monkeypatch):
     """An encoder spec for the server, with fast retries; the server's record is reset."""
     monkeypatch.setenv("EMBED_KEY", "sk-test-secret-123")
-    server.fail_next, server.delay_next, server.requests[:] = [], [], []
+    server.reset()
 
     def spec(**options) -> str:
         query = {"model": "minilm", "key_env": "EMBED_KEY", "backoff": "0.01", **options}
@@ -175,7 +175,8 @@ def test_http_encoder_matches_the_local_model_and_sends_the_bearer_key(models, s
     encoder = open_encoder(http(batch_size=2))
     vectors = encoder.encode(TEXTS)
     np.testing.assert_allclose(vectors, models("minilm").encode(TEXTS), atol=1e-5)  # order kept
-    assert [r["inputs"] for r in server.requests] == [TEXTS[0:2], TEXTS[2:4], TEXTS[4:5]]
+    # requests go out concurrently, so they may arrive in any order; the vectors above may not
+    assert sorted(r["inputs"] for r in server.requests) == sorted([TEXTS[0:2], TEXTS[2:4], TEXTS[4:5]])
     assert {r["authorization"] for r in server.requests} == {"Bearer sk-test-secret-123"}
     assert encoder.dim == 384
     assert "sk-test" not in repr(encoder) + encoder.fingerprint() + json.dumps(vars(encoder), default=str)
@@ -237,6 +238,68 @@ def test_http_rate_limit_spaces_requests(server, http):
     open_encoder(http(batch_size=1, rps=20)).encode(TEXTS[:4])
     assert time.perf_counter() - started >= 3 / 20 * 0.9
     assert len(server.requests) == 4
+
+
+def test_http_requests_overlap_up_to_concurrency_and_keep_input_order(models, server, http):
+    """Eight one-text requests that take 0.6, 0.45, 0.3, 0.15 s on the server (so later ones
+    finish first): with concurrency=4 four are in flight at once (about 1.2 s in all, not
+    3 s or more) and the vectors still come back in input order; concurrency=1 sends them one
+    after another."""
+    texts = [f"text number {i}: {TEXTS[i % 4]}" for i in range(8)]
+    expected = models("minilm").encode(texts)
+    server.delay_next, server.delay_each = [0.45, 0.3, 0.15, 0.0] * 2, 0.15
+    started = time.perf_counter()
+    vectors = open_encoder(http(batch_size=1, concurrency=4)).encode(texts)
+    elapsed = time.perf_counter() - started
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    # one after another, the server's stalls alone would take 3.0 s
+    assert server.max_in_flight == 4 and elapsed < 3.0, (server.max_in_flight, elapsed)
+
+    server.reset()
+    server.delay_each = 0.05
+    np.testing.assert_allclose(open_encoder(http(batch_size=1, concurrency=1)).encode(texts[:4]),
+                               expected[:4], atol=1e-5)
+    assert server.max_in_flight == 1
+
+
+def test_http_rate_limit_holds_across_concurrent_requests(server, http):
+    """rps bounds all requests together, however many are in flight: ten requests at
+    rps=10 take at least 0.9 s, and no four of them arrive within 0.15 s (four threads
+    without the limit send four at once; scheduling jitter on a busy machine may bunch
+    two or three)."""
+    started = time.perf_counter()
+    open_encoder(http(batch_size=1, rps=10, concurrency=4)).encode(TEXTS * 2)
+    assert time.perf_counter() - started >= 9 / 10
+    arrivals = np.sort([r["at"] for r in server.requests])
+    assert len(arrivals) == 10
+    assert (arrivals[3:] - arrivals[:-3]).min() >= 0.15, np.diff(arrivals)
+
+
+def test_http_concurrent_retries_then_success_in_order(models, server, http):
+    """429 and 503 on two of four concurrent requests: both are retried, all vectors arrive
+    in input order."""
+    server.fail_next = [429, 503]
+    vectors = open_encoder(http(batch_size=1, concurrency=4)).encode(TEXTS[:4])
+    np.testing.assert_allclose(vectors, models("minilm").encode(TEXTS[:4]), atol=1e-5)
+    assert sorted(r["status"] for r in server.requests) == [200, 200, 200, 200, 429, 503]
+
+
+def test_http_honours_retry_after(server, http):
+    """A 429 with Retry-After: 0.4 waits 0.4 s though the backoff would wait 0.01 s."""
+    server.fail_next, server.retry_after = [429], "0.4"
+    open_encoder(http()).encode(TEXTS[:1])
+    first, second = server.requests
+    assert (first["status"], second["status"]) == (429, 200)
+    assert second["at"] - first["at"] >= 0.4
+
+
+def test_http_permanent_error_among_concurrent_requests_is_one_line(server, http):
+    """A 400 on one of several concurrent requests: one line naming the fix, not retried."""
+    server.fail_next = [400]
+    with pytest.raises(UsageError) as exc:
+        open_encoder(http(batch_size=1, concurrency=4)).encode(TEXTS)
+    assert "HTTP 400" in one_line(exc) and exc.value.fix
+    assert [r["status"] for r in server.requests].count(400) == 1
 
 
 # --- precomputed vectors ---------------------------------------------------------------
@@ -331,6 +394,7 @@ def test_encode_cache_hits_misses_and_repairs(tmp_path):
     ("openai+http://user:pw@127.0.0.1:9/v1?model=m", UsageError, "key_env"),
     ("openai+http://127.0.0.1:9/v1?model=m&retries=many", UsageError, "retries"),
     ("openai+http://127.0.0.1:9/v1?model=m&speed=11", UsageError, "speed"),
+    ("openai+http://127.0.0.1:9/v1?model=m&concurrency=0", UsageError, "concurrency >= 1"),
 ])
 def test_bad_specs_give_one_line_errors(spec, error, needle):
     with pytest.raises(error) as exc:

@@ -125,3 +125,47 @@ def test_callers_write_shareable_files(tmp_path):
     assert mode(plan_path) == 0o644
     assert {mode(Path(p)) for p in paths.values()} == {0o644}
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(Path(p).name for p in paths.values())
+
+
+# --- every writer of the project goes through files.py ----------------------------------------
+
+def _a_file_in_the_way(tmp_path: Path) -> Path:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be")
+    return blocker / "inside"
+
+
+def test_the_encode_cache_write_is_one_line_naming_the_fix(tmp_path):
+    from embedmigrate.encoders import Encoder, encode_cached
+
+    class Lengths(Encoder):
+        def _encode(self, texts, batch_size, show_progress, kind):
+            return np.array([[len(t) + 1.0, 1.0] for t in texts], dtype=np.float32)
+
+        def _identity(self):
+            return {}
+
+    with pytest.raises(UsageError) as e:
+        encode_cached(Lengths("lengths"), ["a", "bb"], _a_file_in_the_way(tmp_path))
+    assert "\n" not in str(e.value) and "EMBEDMIGRATE_ENCODE_CACHE" in e.value.fix
+
+
+def test_vec2vec_training_state_is_written_by_the_atomic_writer(tmp_path, monkeypatch):
+    """The resumable training state is fsynced and renamed like every other file (the
+    write goes through files.stage), and an unwritable folder is one line naming the fix."""
+    from embedmigrate.translators.vec2vec import Config, Vec2Vec
+    rng = np.random.default_rng(0)
+    old, new = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(300, 8)).astype(np.float32)
+    tiny = dict(width=16, adapter_depth=1, backbone_depth=1, disc_width=16, disc_depth=2, batch_size=32,
+                warmup=2, eval_every=100, eval_points=64, progress=False, device="cpu", init="random",
+                steps=4, checkpoint_every=2)
+    staged = []
+    real_stage = files.stage
+    monkeypatch.setattr(files, "stage", lambda path, *a, **k: staged.append(path.name) or real_stage(path, *a, **k))
+    Vec2Vec(Config(**tiny, checkpoint_dir=str(tmp_path / "train"))).fit(old, new)
+    assert staged and all(name.startswith("restart-") and name.endswith(".pt") for name in staged)
+    assert not [p for p in (tmp_path / "train").iterdir() if p.name.endswith(".tmp")]
+
+    with pytest.raises(UsageError) as e:
+        Vec2Vec(Config(**tiny, checkpoint_dir=str(_a_file_in_the_way(tmp_path)))).fit(old, new)
+    assert "\n" not in str(e.value) and "checkpoint_dir" in e.value.fix

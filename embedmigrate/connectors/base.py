@@ -8,16 +8,16 @@ written once against these methods.
 
 from __future__ import annotations
 
-import math
-import os
-import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
+from .. import retry
 from ..errors import DataError, UnavailableError, UsageError
+from ..retry import retry_delays, retry_settings  # noqa: F401 - the connectors import them from here
+from ..vectors import as_float32  # noqa: F401 - one check for every vector (vectors.py)
 from .uri import CollectionURI
 
 METRICS = ("cosine", "dot", "l2")
@@ -227,25 +227,16 @@ class Connector(ABC):
 
     def retrying(self, call, what: str = ""):
         """``call()``, run again after each transient failure, with the waits of
-        ``backoff()``; other errors pass through unchanged. Only for calls that are
-        safe to repeat (reads, idempotent upserts, connecting)."""
-        failures = 0
-        while True:
-            try:
-                return call()
-            except Exception as e:  # noqa: BLE001 - is_transient decides
-                if not self.is_transient(e):
-                    raise
-                self.wait_to_retry(failures, e, what)
-                failures += 1
+        ``backoff()`` (see retry.py); other errors pass through unchanged. Only for
+        calls that are safe to repeat (reads, idempotent upserts, connecting)."""
+        return retry.retrying(call, delays=self.backoff(), is_transient=self.is_transient,
+                              give_up=lambda e, attempts: self.unavailable(e, attempts, what))
 
     def wait_to_retry(self, failures: int, error: Exception, what: str = "") -> None:
         """Back off before attempt ``failures + 2``, or give up with ``unavailable``
         (for loops that cannot be one ``call``, e.g. a scan resuming from its cursor)."""
-        delays = self.backoff()
-        if failures >= len(delays):
-            raise self.unavailable(error, failures + 1, what) from None
-        time.sleep(delays[failures])
+        retry.wait_before_retry(failures, error, self.backoff(),
+                                lambda e, attempts: self.unavailable(e, attempts, what))
 
     def close(self) -> None:
         """Release connections (idempotent)."""
@@ -255,30 +246,6 @@ class Connector(ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-def as_float32(vectors, dim: int | None = None, *, what: str = "vectors") -> np.ndarray:
-    """Validate a vector batch: 2-D, finite, of the expected dimension."""
-    try:
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: refused below
-            arr = np.asarray(vectors, dtype=np.float32)
-    except (ValueError, TypeError) as e:  # ragged rows, text, None, nested objects
-        raise DataError(f"{what} are not a 2-D array of numbers ({_first_line(e)})",
-                        "pass one vector of numbers per row, all of the same dimension") from None
-    if arr.ndim == 1 and arr.size == 0:
-        arr = arr.reshape(0, dim or 0)
-    if arr.ndim != 2:
-        raise DataError(f"{what} must be a 2-D array (n, dim), got shape {arr.shape}",
-                        "pass one vector per row")
-    if dim is not None and arr.shape[1] != dim:
-        raise DataError(f"{what} have dimension {arr.shape[1]} but the collection expects {dim}",
-                        "translate to the target model's dimension, or create the target for "
-                        f"dimension {arr.shape[1]}")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise DataError(f"{bad} of {len(arr)} {what} contain NaN or inf",
-                        "clean or drop those points in the source before migrating")
-    return arr
 
 
 def _first_line(e: Exception) -> str:
@@ -296,41 +263,18 @@ def check_batch(batch: Batch, dim: int) -> Batch:
     return Batch(list(batch.ids), vectors, batch.payloads, batch.documents)
 
 
+def id_range_bounds(part: Part, engine: str) -> tuple:
+    """``(from, to)`` of an id-range part (``{'from': id, 'to': id}``, None: an open end)
+    that ``partitions()`` returned: the one part parser of the engines that cut by id."""
+    if part is None:
+        return None, None
+    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
+        raise UsageError(f"{part!r} is not a {engine} scan part",
+                         "pass a part that partitions() returned ({'from': id, 'to': id})")
+    return part.get("from"), part.get("to")
+
+
 def quantile_positions(count: int, n: int) -> list[int]:
     """Start positions of ``n`` near-equal slices of ``count`` items (the first is 0)."""
     n = max(1, min(int(n), count))
     return [count * k // n for k in range(n)]
-
-
-def retry_delays(attempts: int = 5, base: float = 0.5, cap: float = 8.0):
-    """Exponential backoff delays for bounded retries."""
-    return [min(cap, base * math.pow(2, i)) for i in range(attempts)]
-
-
-RETRIES_ENV = "EMBEDMIGRATE_RETRIES"
-RETRY_DELAY_ENV = "EMBEDMIGRATE_RETRY_DELAY"
-
-
-def retry_settings(options: dict, default_retries: int = 3,
-                   default_delay: float = 0.5) -> tuple[int, float]:
-    """How a server connector retries a call that lost the server: ``?retries=N``
-    (after the first attempt) and ``?retry_delay=SECONDS`` (the first wait; it doubles
-    up to 8 s) in the URI, else the EMBEDMIGRATE_RETRIES / EMBEDMIGRATE_RETRY_DELAY
-    environment variables (one setting for every store of a run, and for tests),
-    else 3 retries after 0.5, 1 and 2 s."""
-    def read(key: str, env: str, default, kind):
-        raw, label = options.get(key), f"?{key}"
-        if raw is None:
-            raw, label = os.environ.get(env), env
-        if raw is None or raw == "":
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            value = -1
-        if value < 0 or not math.isfinite(value):
-            raise UsageError(f"{label}={raw} is not a non-negative number",
-                             f"set {label}= to a number >= 0, e.g. {default}")
-        return value
-    return (read("retries", RETRIES_ENV, default_retries, int),
-            read("retry_delay", RETRY_DELAY_ENV, default_delay, float))

@@ -58,7 +58,7 @@ import numpy as np
 from ..errors import (ConflictError, DataError, EmbedMigrateError, NotFoundError,
                       UnavailableError, UsageError)
 from .base import (Batch, CollectionInfo, Connector, Cursor, Part, check_batch,
-                   quantile_positions, retry_delays, retry_settings)
+                   id_range_bounds, quantile_positions, retry_delays, retry_settings)
 from .credentials import secret
 from .uri import CollectionURI
 
@@ -1098,12 +1098,8 @@ def _id_in(value, typname: str):
 
 
 def _part_bounds(part, typname: str) -> tuple:
-    if part is None:
-        return None, None
-    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
-        raise UsageError(f"{part!r} is not a PostgreSQL scan part",
-                         "pass a part that partitions() returned ({'from': id, 'to': id})")
-    return tuple(None if part.get(k) is None else _id_in(part[k], typname) for k in ("from", "to"))
+    return tuple(None if bound is None else _id_in(bound, typname)
+                 for bound in id_range_bounds(part, "PostgreSQL"))
 
 
 def _id_out(value):

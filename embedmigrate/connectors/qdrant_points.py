@@ -95,12 +95,8 @@ def id_order(point_id) -> tuple:
 
 def part_bounds(part) -> tuple:
     """``(from, to)`` of a part that ``partitions()`` returned (None: open end)."""
-    if part is None:
-        return None, None
-    if not isinstance(part, dict) or not set(part) <= {"from", "to"}:
-        raise UsageError(f"{part!r} is not a Qdrant scan part",
-                         "pass a part that partitions() returned ({'from': id, 'to': id})")
-    return part.get("from"), part.get("to")
+    from .base import id_range_bounds
+    return id_range_bounds(part, "Qdrant")
 
 
 def id_range_parts(sampled_ids: list, n: int) -> list:

@@ -17,11 +17,12 @@ collection (the migration target) on the same store.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ..errors import UsageError
+from ..redact import SECRET_OPTIONS  # one list of secret options (redact.py); credentials re-exports it
+from ..redact import scrub_secrets as _strip_password  # the URI, safe to put in an error
 
 URI_SHAPES = ("server", "path", "memory", "sql")
 # scheme -> engine, and scheme -> URI shape: filled by register_schemes() for every
@@ -36,12 +37,6 @@ def register_schemes(engine: str, schemes: dict[str, str]) -> None:
         if shape not in URI_SHAPES:
             raise ValueError(f"unknown URI shape {shape!r} for {scheme}://")
         SCHEMES[scheme], SHAPES[scheme] = engine, shape
-
-
-# query options whose value is itself a secret (see credentials.py): plans and state files
-# never keep them, printed URIs show *** instead
-SECRET_OPTIONS = ("password", "sslpassword", "api_key", "token")
-_SECRET_IN_QUERY = re.compile(r"(?i)([?&](?:%s)=)[^&#]*" % "|".join(SECRET_OPTIONS))
 
 
 @dataclass(frozen=True)
@@ -195,21 +190,6 @@ def _refuse_nul(u: CollectionURI) -> None:
     if any(v and "\x00" in v for v in values):
         raise UsageError(f"'{_strip_password(u.raw)}' holds a NUL character (%00)",
                          "remove the %00 from the URI")
-
-
-def _strip_password(uri: str) -> str:
-    """The URI with the password of its user:password@ replaced by ***, found without
-    urlsplit (which refuses some of the URIs whose error messages need this);
-    secret query options (?password=, ?api_key= ...) become *** too."""
-    uri = _SECRET_IN_QUERY.sub(r"\1***", uri)
-    scheme, sep, rest = uri.partition("://")
-    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
-    netloc = rest[:end]
-    if "@" not in netloc:
-        return uri
-    userinfo, _, hostport = netloc.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return scheme + sep + user + (":***" if colon else "") + "@" + hostport + rest[end:]
 
 
 def _rebuild(u: CollectionURI, name: str, redact: bool = False) -> str:

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
@@ -35,7 +32,9 @@ import numpy as np
 from safetensors import SafetensorError
 
 from ..errors import DataError, EmbedMigrateError, NotFoundError, UsageError, file_error
-from ..files import fsync_dir
+from .. import files
+from ..vectors import as_float32
+from ..vectors import l2_normalise as _normalise  # noqa: F401 - the translators import it from here
 
 CHECKPOINT_FORMAT = 1
 META_FILE = "translator.json"
@@ -46,20 +45,13 @@ CHOOSE_ANOTHER_DIR = "set [train] checkpoint in the plan (plan --checkpoint DIR)
 
 
 def check_vectors(x, what: str, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2:
-        raise DataError(f"{what} must be a 2-D array (n, dim), got shape {arr.shape}",
-                        "pass one vector per row")
-    if dim is not None and arr.shape[1] != dim:
-        raise DataError(f"{what} have dimension {arr.shape[1]}, the translator expects {dim}",
-                        "use the checkpoint trained for this model pair, or retrain")
+    """``x`` through the one vector check (vectors.as_float32), with at least ``min_rows`` rows."""
+    arr = as_float32(x, dim, what=what, expected_by="the translator",
+                     dim_fix="use the checkpoint trained for this model pair, or retrain",
+                     nonfinite_fix="drop or repair those vectors before training")
     if len(arr) < min_rows:
         raise DataError(f"{what}: {len(arr)} vectors, at least {min_rows} are needed",
                         "sample more points (plan: sample.old / sample.new)")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise DataError(f"{what}: {bad} of {len(arr)} vectors contain NaN or inf",
-                        "drop or repair those vectors before training")
     return arr
 
 
@@ -74,10 +66,6 @@ def fingerprint(*arrays: np.ndarray | None) -> str:
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class Translator(ABC):
@@ -139,20 +127,14 @@ class Translator(ABC):
 
     # --- persistence -----------------------------------------------------------
     def save(self, directory) -> Path:
-        """Write the checkpoint into a temporary sibling folder, fsync it, then rename
-        it into place: a failed or interrupted save leaves the previous checkpoint
-        (or none), never a partial one."""
+        """Write the checkpoint into a temporary sibling folder, fsync it, then swap
+        it into place (files.atomic_write_folder): a failed or interrupted save leaves
+        the previous checkpoint (or none), never a partial one."""
         from safetensors.numpy import save as serialise
 
         from .. import __version__
-        directory = Path(directory)
-        try:
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-            tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint is read by other services too
-        except OSError as e:
-            raise file_error(e, directory, elsewhere=CHOOSE_ANOTHER_DIR) from None
-        try:
+
+        def fill(tmp: Path) -> None:
             tensors = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
             meta = {
                 "format": CHECKPOINT_FORMAT,
@@ -165,17 +147,10 @@ class Translator(ABC):
             }
             # serialised in memory and written by us, so a full disk is an OSError
             # (safetensors' own file writer reports it as a SafetensorError)
-            _write_synced(tmp / WEIGHTS_FILE, serialise(tensors))
-            _write_synced(tmp / META_FILE, json.dumps(meta, indent=2, default=_json_default).encode())
-            fsync_dir(tmp)
-            _swap_into_place(tmp, directory)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise file_error(e, directory, elsewhere=CHOOSE_ANOTHER_DIR) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+            files.write_synced(tmp / WEIGHTS_FILE, serialise(tensors))
+            files.write_synced(tmp / META_FILE, json.dumps(meta, indent=2, default=_json_default).encode())
+
+        return files.atomic_write_folder(directory, fill, elsewhere=CHOOSE_ANOTHER_DIR)
 
     @classmethod
     def load(cls, directory) -> "Translator":
@@ -252,35 +227,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _swap_into_place(tmp: Path, directory: Path) -> None:
-    """Rename the finished ``tmp`` to ``directory``, replacing an older checkpoint.
-
-    A directory cannot be renamed over a non-empty one, so the old one is moved
-    aside first; if the second rename fails the old one is put back. (A crash
-    between the two renames leaves no checkpoint, which load reports as such,
-    and the old one under ``.NAME.old``, which the next save clears.)"""
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if not directory.exists():
-        tmp.rename(directory)
-    else:
-        directory.rename(old)
-        try:
-            tmp.rename(directory)
-        except OSError:
-            old.rename(directory)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(directory.parent)
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -315,10 +315,8 @@ class ResidualMLP(Translator):
 
 
 def _device(name: str):
-    import torch
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from ..device import pick_device
+    return pick_device(name)
 
 
 def _copy_state(net):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, fields
@@ -49,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import mixed_precision, pick_device
 from ..errors import DataError, UsageError
 from .base import Translator, _normalise
 from .linear import confidence_of_translations
@@ -338,31 +338,9 @@ class Config:
         return cls(**base)
 
 
-def pick_device(pref: str = "auto") -> torch.device:
-    """cuda > mps > cpu for "auto"; a named device must exist."""
-    pref = (pref or "auto").lower()
-    has_cuda = torch.cuda.is_available()
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if pref == "auto":
-        return torch.device("cuda" if has_cuda else "mps" if has_mps else "cpu")
-    if pref.startswith("cuda"):
-        if not has_cuda:
-            raise UsageError("device 'cuda' requested but PyTorch sees no CUDA GPU",
-                             "use device='auto' or 'cpu', or install a CUDA build of torch")
-        return torch.device(pref)
-    if pref == "mps":
-        if not has_mps:
-            raise UsageError("device 'mps' requested but Apple MPS is not available",
-                             "use device='auto' or 'cpu'")
-        return torch.device("mps")
-    if pref == "cpu":
-        return torch.device("cpu")
-    raise UsageError(f"unknown device '{pref}'", "use 'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
-
-
 def use_amp(device: torch.device, cfg: Config) -> bool:
     """fp16 autocast + GradScaler only pay off (and are only safe) on CUDA."""
-    return bool(cfg.amp) and device.type == "cuda"
+    return mixed_precision(device, cfg.amp)
 
 
 def seed_everything(seed: int) -> None:
@@ -417,11 +395,10 @@ class Run:
 
 
 def _save_training_state(path: Path, run: Run, key: str) -> None:
-    """Write-to-temp-then-rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, **run.state()}, tmp)
-    os.replace(tmp, path)
+    """Replaced whole or not at all, fsynced (files.py): a crash never leaves a half-written file."""
+    from ..files import atomic_write_with
+    atomic_write_with(path, lambda fh: torch.save({"key": key, **run.state()}, fh),
+                      elsewhere="set checkpoint_dir to a writable folder with free space")
 
 
 def _load_training_state(path: Path, key: str) -> dict | None:
