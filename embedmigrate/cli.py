@@ -412,14 +412,41 @@ def status(plan_file, as_json):
 
 
 def _print_status(result: dict) -> None:
-    """One line per field; a record (cutover, lock owner) as indented key: value lines."""
+    """One line per field; a record (cutover, lock owner) as indented key: value lines;
+    a hybrid job's passes and search quality one line each."""
     for key, value in result.items():
-        if isinstance(value, dict):
+        if key == "hybrid_passes":
+            click.echo(f"{key:14s} {len(value)}")
+            for record in value:
+                click.echo("  " + _pass_line(record))
+        elif key == "hybrid_quality":
+            click.echo(f"{'search quality':14s} {'' if value else '-'}".rstrip())
+            for row in value:
+                click.echo("  " + _quality_line(row))
+        elif isinstance(value, dict):
             click.echo(f"{key:14s} {'' if value else '-'}".rstrip())
             for k, v in value.items():
                 click.echo(f"  {k:12s} {'-' if v is None else v}")
         else:
             click.echo(f"{key:14s} {'-' if value is None else value}")
+
+
+def _pass_line(record: dict) -> str:
+    """A hybrid pass: its points re-embedded and how it ended."""
+    from datetime import datetime, timezone
+    start = datetime.fromtimestamp(record["started"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    ended = ("killed or still running" if "finished" not in record else
+             f"stopped by {record['stopped_by']}" if record.get("stopped_by") else "finished the sweep")
+    return f"pass {record['pass']}: started {start} UTC, {record.get('native', 0)} re-embedded, {ended}"
+
+
+def _quality_line(row: dict) -> str:
+    """nDCG@10 of the live collection at one stage of a hybrid job, or why it is not known."""
+    if row.get("ndcg") is None:
+        return f"after {row['after']}: not measured ({row.get('reason', 'unknown')})"
+    return (f"after {row['after']}: nDCG@{row['k']} {row['ndcg']:.3f} (95% {row['low']:.3f}-"
+            f"{row['high']:.3f}, {row['evidence']}, {row['queries']} queries), "
+            f"{100 * row['native_share']:.0f}% of the evaluation points re-embedded")
 
 
 @main.command()

@@ -1228,6 +1228,9 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
     hybrid["pass"] = hybrid.get("pass", 0) + 1
     parts = hybrid["parts"]
     record = {"pass": hybrid["pass"], "started": time.time(), "native": 0}
+    if not hybrid["passes"] or "finished" not in hybrid["passes"][-1]:
+        # the first pass measures the translated collection; after a killed pass, what it left
+        record["quality_start"] = _pass_quality(plan, state, conn)
     hybrid["passes"].append(record)
     state.update(hybrid=hybrid)
     budget = as_budget(plan, budget)
@@ -1253,7 +1256,7 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
     finally:
         bar.close()
         runner.close()
-    record.update(finished=time.time(), stopped_by=stopped)
+    record.update(finished=time.time(), stopped_by=stopped, quality=_pass_quality(plan, state, conn))
     if not stopped:
         hybrid.update(done=True, parts=parts)
         # the sweep is over: count provenance exactly (a killed pass may have written
@@ -1268,6 +1271,107 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
             f"{record['native']} points; {result['share_native']:.0%} of the collection is "
             "re-embedded; run again to go on"))
     return result
+
+
+HYBRID_EVAL = "hybrid_eval.npz"
+
+
+def _pass_quality(plan: Plan, state: JobState, live) -> dict:
+    """Search quality of the live collection as it stands, measured with the gate's
+    evidence: nDCG@10 and its 95% interval. A measurement that cannot be made is
+    recorded with its reason; it never stops a pass (the re-embedded points are right
+    either way)."""
+    from .errors import EmbedMigrateError
+    try:
+        evaluation = hybrid_eval_set(plan, state)
+        if evaluation is None:
+            return {"ndcg": None, "reason": "no evidence: the plan has no labelled queries and no "
+                                            "group field"}
+        return live_quality(live, evaluation, seed=plan.sample.seed)
+    except EmbedMigrateError as e:
+        return {"ndcg": None, "reason": e.one_line()}
+
+
+def hybrid_eval_set(plan: Plan, state: JobState) -> dict | None:
+    """The gate's evaluation set, prepared once for measuring the live collection after
+    hybrid passes: the documents' ids, each query's relevant documents and the new
+    model's query vectors. It is built from the old collection with the gate's own
+    sample (size and seed as verify), labels or sibling groups, and saved in the job's
+    state, so every pass is measured on the same data and costs a fetch of these
+    points by id, not a re-encoding. None when the plan gives the gate no evidence."""
+    from . import evidence as E
+    from . import files
+    from .encoders import encode_cached, open_encoder
+    from .state import STATE_ELSEWHERE
+    path = plan.state_dir / HYBRID_EVAL
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            queries = z["queries"]
+        meta["relevant"] = [{int(k): g for k, g in rel.items()} for rel in meta["relevant"]]
+        return {**meta, "queries": queries}
+    if not has_labels(plan) and not plan.gate.group_field:
+        return None
+    src = _old_collection(plan, state)
+    try:
+        sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
+        if has_labels(plan):
+            labelled = E.read_labelled_queries(plan.resolve_path(plan.gate.queries),
+                                               plan.resolve_path(plan.gate.qrels) if plan.gate.qrels else None)
+            es = E.labelled_eval_set(src, labelled, sample, plan.source.text_field)
+        else:
+            es = E.sibling_eval_set(src, plan.gate.group_field, sample, plan.source.text_field,
+                                    batch_size=plan.apply.batch_size, seed=plan.sample.seed)
+    finally:
+        src.close()
+    encoder, cache = open_encoder(plan.model.new), plan.state_dir / "cache"
+    if es.kind == E.LABELS:
+        queries = encode_cached(encoder, es.query_texts, cache, kind="query")
+    else:  # each sibling's text as a query, as the gate encodes it (no text: its translation)
+        queries = E._sibling_queries(es, _load_translator(plan).translate(es.docs_old), encoder, None,
+                                     cache)[0]
+    meta = {"kind": es.kind, "description": es.description,
+            "ids": [i if isinstance(i, str) else int(i) for i in es.doc_ids],
+            "relevant": [{str(k): float(g) for k, g in rel.items()} for rel in es.relevant],
+            "exclude": None if es.query_doc is None else es.query_doc.tolist()}
+    files.atomic_write_with(path, lambda fh: np.savez(fh, queries=np.asarray(queries, np.float32),
+                                                      meta=np.asarray(json.dumps(meta))),
+                            elsewhere=STATE_ELSEWHERE)
+    return hybrid_eval_set(plan, state)
+
+
+def _old_collection(plan: Plan, state: JobState):
+    """The collection holding the old vectors after the cutover: the source, or the name
+    the cutover retired it under (engines that rename, or an alias the source was)."""
+    from .connectors import connector_class
+    uri = parse_uri(plan.source.uri)
+    retired = connector_class(uri.engine).retired_collection(state.get("cutover") or {})
+    return open_collection(uri.with_collection(retired) if retired else uri)
+
+
+def live_quality(conn, evaluation: dict, *, k: int = 10, seed: int = 0) -> dict:
+    """nDCG@k of the evaluation queries on the vectors ``conn`` holds now for the
+    evaluation documents (fetched by id), with a bootstrap 95% interval over queries,
+    and the share of those documents that are re-embedded."""
+    from . import evidence as E
+    from .transform import NATIVE, PROVENANCE_VECTOR
+    ids = evaluation["ids"]
+    got = conn.fetch(ids)
+    by_id = {str(i): n for n, i in enumerate(got.ids)}
+    missing = [i for i in ids if str(i) not in by_id]
+    if missing:
+        return {"ndcg": None, "reason": f"{len(missing)} of the {len(ids)} evaluation points are no "
+                                        f"longer in the live collection (e.g. id {missing[0]})"}
+    order = [by_id[str(i)] for i in ids]
+    exclude = evaluation["exclude"]
+    scores = E.ndcg_per_query(evaluation["queries"], got.vectors[order], evaluation["relevant"], k,
+                              conn.describe().metric, None if exclude is None else np.asarray(exclude))
+    interval = E.mean_interval(scores, seed=seed)
+    native = sum((got.payloads[n] or {}).get(PROVENANCE_VECTOR) == NATIVE for n in order)
+    return {"ndcg": round(interval["mean"], 4), "low": round(interval["low"], 4),
+            "high": round(interval["high"], 4), "k": k, "evidence": evaluation["kind"],
+            "queries": len(scores), "documents": len(ids), "native_share": round(native / len(ids), 4),
+            "measured": time.time()}
 
 
 def _needs_reembed(batch: Batch, text_field: str) -> list[int]:
@@ -1312,9 +1416,26 @@ def strategy_status(plan: Plan | str) -> dict:
     if strategy == "hybrid":
         hybrid = state.get("hybrid") or {}
         out.update(_hybrid_share(state), hybrid_done=bool(hybrid.get("done")),
-                   hybrid_passes=hybrid.get("passes", []))
+                   hybrid_passes=hybrid.get("passes", []),
+                   hybrid_quality=hybrid_quality(hybrid.get("passes", [])))
     if state.get("last_budget_stop"):
         out["last_budget_stop"] = state.get("last_budget_stop")
+    return out
+
+
+def hybrid_quality(passes: list[dict]) -> list[dict]:
+    """Search quality at each stage of a hybrid job, from its pass records: after the
+    cutover (translated only), after each pass that ended (and where a killed pass left
+    it, measured when the next one started)."""
+    out = []
+    for n, record in enumerate(passes):
+        if "quality_start" in record:
+            after = "cutover (translated)" if n == 0 else f"pass {passes[n - 1]['pass']} (killed)"
+            out.append({"after": after, **record["quality_start"]})
+        if "quality" in record:
+            stop = record.get("stopped_by")
+            out.append({"after": f"pass {record['pass']}" + (f" (stopped by {stop})" if stop else ""),
+                        **record["quality"]})
     return out
 
 

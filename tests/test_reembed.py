@@ -65,15 +65,29 @@ def _env(store, src: str) -> dict:
     return {"PGPASSWORD": password} if password else {}
 
 
+@pytest.fixture(scope="module")
+def labelled_queries(tmp_path_factory):
+    """The shipped WordNet sample's example sentences whose gloss is among the corpus's N
+    points, with that point's id: labelled evidence for the gate (56 queries)."""
+    from embedmigrate.demo_data import load_wordnet_sample
+    docs, queries = load_wordnet_sample()
+    point_of = {d["id"]: n + 1 for n, d in enumerate(docs[:N])}
+    path = tmp_path_factory.mktemp("queries") / "queries.jsonl"
+    path.write_text("".join(json.dumps({"text": q["text"], "doc_id": point_of[q["doc_id"]]}) + "\n"
+                            for q in queries if q["doc_id"] in point_of))
+    return path
+
+
 def make_job(store, corpus, tmp_path, fresh_name, monkeypatch, strategy: str, *, model="minilm",
-             batch_size=BATCH) -> Job:
+             batch_size=BATCH, **plan_options) -> Job:
     ids, old, payloads = corpus
     src = fresh_name("re")
     store.populate(src, ids, old, payloads)
     for k, v in _env(store, src).items():
         monkeypatch.setenv(k, v)
     out = commands.plan(store.uri(src), model, output=tmp_path / "plan.toml", text_field="text",
-                        pairs=150, method="ridge", checkpoint=str(tmp_path / "ckpt"), strategy=strategy)
+                        pairs=150, method="ridge", checkpoint=str(tmp_path / "ckpt"), strategy=strategy,
+                        **plan_options)
     plan = load_plan(out["plan"])
     plan.apply.batch_size = batch_size
     plan.write(out["plan"])
@@ -218,11 +232,49 @@ def _check_stage(store, job, before, minilm, live) -> dict:
     return kinds
 
 
+def _hand_ndcg(store, live: str, evaluation_ids: list, queries_file: Path, minilm) -> float:
+    """nDCG@10 of the labelled queries (MiniLM) over the live vectors of the evaluation
+    points, computed here from scratch: one relevant point per query, gain 1."""
+    live_points = read_points(store, live)
+    ids = [str(i) for i in evaluation_ids]
+    docs = np.stack([live_points[i][0] for i in ids])
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    records = [json.loads(line) for line in queries_file.read_text().splitlines()]
+    q = minilm.encode([r["text"] for r in records], kind="query")
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    gains = []
+    for row, r in zip(q @ docs.T, records):
+        top = [ids[k] for k in np.argsort(-row, kind="stable")[:10]]
+        hit = [n for n, i in enumerate(top) if i == str(r["doc_id"])]
+        gains.append(1 / np.log2(hit[0] + 2) if hit else 0.0)
+    return float(np.mean(gains))
+
+
+def _check_quality(status: dict, store, job: Job, live: str, queries_file: Path, minilm) -> None:
+    """status carries nDCG@10 of the live collection after the cutover and after each
+    pass; the last equals a recomputation by hand and beats the translation."""
+    quality = status["hybrid_quality"]
+    assert [q["after"] for q in quality] == [
+        "cutover (translated)", "pass 1 (killed)", "pass 2 (killed)", "pass 3 (stopped by max_docs)",
+        "pass 4"]
+    assert all(q["evidence"] == "labels" and q["queries"] == 56 for q in quality)
+    shares = [q["native_share"] for q in quality]
+    assert shares[0] == 0 and shares == sorted(shares) and shares[-1] > 0.99
+    with np.load(job.state_dir / "hybrid_eval.npz") as z:
+        evaluation_ids = json.loads(str(z["meta"]))["ids"]
+    assert len(evaluation_ids) == N  # the gate's set: the judged points and the sample (all 300 here)
+    assert quality[-1]["ndcg"] == pytest.approx(_hand_ndcg(store, live, evaluation_ids, queries_file,
+                                                           minilm), abs=1e-4)
+    assert quality[-1]["ndcg"] > quality[0]["ndcg"] + 0.05  # native MiniLM beats the 150-pair map
+    assert quality[-1]["low"] <= quality[-1]["ndcg"] <= quality[-1]["high"]
+
+
 @pytest.mark.parametrize("engine_name", ["chroma_server_harness", "postgres_tcp_harness"])
 def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpus, minilm, tmp_path,
-                                                     fresh_name, monkeypatch):
+                                                     fresh_name, monkeypatch, labelled_queries):
     store = request.getfixturevalue(engine_name)
-    job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "hybrid")
+    job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "hybrid",
+                   queries=str(labelled_queries), from_model="wordllama")
     before = read_points(store, job.source_uri)
     env = _env(store, parse_uri(job.source_uri).collection)
 
@@ -261,6 +313,9 @@ def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpu
     assert status["strategy"] == "hybrid" and status["hybrid_done"] is True
     assert status["native_points"] == N - 1 and status["share_native"] == round((N - 1) / N, 4)
     assert len(status["hybrid_passes"]) == 4  # killed, killed, stopped by the budget, finished
+    _check_quality(status, store, job, live, labelled_queries, minilm)
+    code, out, err = finish(start_cli("status", job.plan, env=env))
+    assert "after pass 4: nDCG@10 " in out and "100% of the evaluation points re-embedded" in out, out
     # the old collection (retired by the cutover) still holds the old vectors and payloads
     retired = applied["record"].get("retired") or applied["record"].get("retired_name")
     _untouched(before, read_points(store, parse_uri(job.source_uri).with_collection(retired).raw))
