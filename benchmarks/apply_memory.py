@@ -257,11 +257,13 @@ def make_plan(source: str, target: str, dim: int, batch_size: int, workdir: Path
     return path
 
 
-def _rss_mb(pid: int) -> float | None:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A /proc/PID/status memory field in MB: VmRSS (all resident pages), RssAnon (heap
+    and other anonymous memory), RssFile (mapped files, which the kernel may drop)."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -307,13 +309,14 @@ def measure_apply(plan_path: Path, server_pid: int | None) -> dict:
     readers = [threading.Thread(target=drain, args=(n,), daemon=True) for n in ("stdout", "stderr")]
     for t in readers:
         t.start()
-    timeline, server_peak, rewrite_done = [], 0.0, None
+    timeline, server_peak, rewrite_done, anon_peak = [], 0.0, None, 0.0
     stop = threading.Event()
 
     def poll():
-        nonlocal server_peak, rewrite_done
+        nonlocal server_peak, rewrite_done, anon_peak
         while not stop.is_set():
             rss, written = _rss_mb(proc.pid), _written(state_file)
+            anon_peak = max(anon_peak, _rss_mb(proc.pid, "RssAnon") or 0.0)
             if rss is not None:
                 timeline.append((round(time.perf_counter() - start, 1), written, round(rss, 1)))
             if server_pid:
@@ -340,6 +343,7 @@ def measure_apply(plan_path: Path, server_pid: int | None) -> dict:
             "ids_match": result.get("ids_match"), "verdict": result.get("verdict"),
             "cpu_user_s": usage.ru_utime, "cpu_sys_s": usage.ru_stime,
             "server_peak_rss_mb": server_peak or None, "timeline": timeline,
+            "anon_peak_mb": anon_peak or None,  # the highest RssAnon polled (every 0.5 s)
             "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
 
 
@@ -425,14 +429,15 @@ def render(rows: list[dict], args) -> str:
            "`embedmigrate apply PLAN --no-cutover --json` in a subprocess (rewrite + verify); "
            "peak RSS is that process's VmHWM. vec/s = points / wall time of "
            "the whole command (rewrite + verify). Load average: the 1-minute value before → after.", "",
-           "| engine | points | apply peak RSS MB | RSS at 25 / 50 / 75 / 100 % written | wall s "
-           "(rewrite s) | vec/s | server peak RSS MB | load avg |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| engine | points | apply peak RSS MB | peak RssAnon MB (polled) | RSS at 25 / 50 / 75 / 100 % "
+           "written | wall s (rewrite s) | vec/s | server peak RSS MB | load avg |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         at = " / ".join("–" if v is None else f"{v:,.0f}" for v in r["rss_at"].values())
         rw = f"{r['rewrite_seconds']:,.0f}" if r["rewrite_seconds"] else "–"
         srv = f"{r['server_peak_rss_mb']:,.0f}" if r["server_peak_rss_mb"] else "–"
-        out.append(f"| {r['engine']} | {r['n']:,} | {r['peak_rss_mb']:,.0f} | {at} | "
+        anon = f"{r['anon_peak_mb']:,.0f}" if r.get("anon_peak_mb") else "–"
+        out.append(f"| {r['engine']} | {r['n']:,} | {r['peak_rss_mb']:,.0f} | {anon} | {at} | "
                    f"{r['seconds']:,.0f} ({rw}) | {r['n'] / r['seconds']:,.0f} | {srv} | "
                    f"{r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f} |")
     out += ["", "| engine | sizes | peak RSS ratio, largest / smallest |", "|---|---|---|"]

@@ -177,6 +177,10 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
                    f"({smp['holdout']} held out), {smp['new']} fresh texts; "
                    f"~{e['train_minutes_cpu']} min CPU (~{e['train_minutes_gpu_estimate']} min GPU, estimated)")
         click.echo(f"apply    ~{e['apply_minutes']} min, target ~{e['target_disk_mb']} MB")
+        if r.get("decision"):
+            from .report import decision_lines
+            for line in decision_lines(r["decision"]):
+                click.echo(f"  {line}")
         click.echo(f"strategy {r['strategy_resolved']} ({r['strategy_reason']})")
         click.echo(f"cutover  {r['cutover']} (only after the quality gate passes)")
         click.echo(f"evidence {r['evidence']}" + ("" if r["evidence"] != "none" else

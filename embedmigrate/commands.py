@@ -99,6 +99,7 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
                           n_pairs)
     p.strategy.name = strategy
     p.strategy.reason = resolve_strategy(p)[1]
+    decision = plan_decision(p, src, info, encoder)
     from .plan import validate
     validate(p, str(output))  # before writing: a bad plan leaves no file behind
     out = p.write(output)
@@ -108,7 +109,7 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
             "live_name": p.target.live_name, "new_model": to_model, "new_dim": encoder.dim,
             "sample": p.to_dict()["sample"], "method": method, "estimate": p.estimate,
             "strategy": strategy, "strategy_resolved": resolve_strategy(p)[0],
-            "strategy_reason": p.strategy.reason,
+            "strategy_reason": p.strategy.reason, "decision": decision,
             "cutover": _cutover_description(src_uri.engine, p.target.live_name, target_name)}
 
 
@@ -604,9 +605,7 @@ def rewrite(plan: Plan, lock: RunLock, *, progress: bool = True, workers: int | 
         _fix_strategy(plan, state, progress=progress)
     strategy = resolve_strategy(plan)[0]
     if not state.reached("trained"):
-        raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}"
-                         + (" (re-embed uses it for points without text and for the quality gate)"
-                            if strategy == "reembed" else ""))
+        _train_for_reembed(plan, lock, state, strategy, progress=progress)
     kind = executor or plan.apply.executor
     if kind == "ray":
         parallel.check_ray_reachable(plan.source.uri, plan.target.uri)
@@ -1089,6 +1088,80 @@ def resolve_strategy(plan: Plan, recommendation: str | None = None) -> tuple[str
         return "translate", "auto: the source stores no text, so only translation is possible"
     return "translate", ("auto: no decision report yet, so translating; set [strategy] name = "
                          "\"reembed\" or \"hybrid\" to encode the stored texts with the new model")
+
+
+def _train_for_reembed(plan: Plan, lock: RunLock, state: JobState, strategy: str, *,
+                       progress: bool) -> None:
+    """A re-embed needs no ``train`` command: its apply trains first. Training encodes
+    the pairs sample of stored texts (``[sample] pairs``, a small share of a re-embed's
+    encoding) and fits the map that writes points without text, the gate's checks and
+    its held-out evaluation data. Translate and hybrid jobs are told to train."""
+    if strategy != "reembed":
+        raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}")
+    _train(plan, lock, progress=progress, retrain=False)
+    _fix_strategy(plan, JobState(plan.state_dir), progress=progress)
+    state.record = JobState(plan.state_dir).record  # the caller's state goes on from 'trained'
+
+
+PLAN_QUALITY_LATER = "quality: measured by apply --dry-run after train"
+
+
+def plan_decision(plan: Plan, src, info, encoder, n_texts: int = 128) -> dict:
+    """The decision table as far as ``plan`` can price it: no translator is trained yet,
+    so no road's quality is known (``apply --dry-run`` after ``train`` measures them
+    all, in ``evidence.decide``'s rows). Costs: re-embedding is timed here, on up to
+    ``n_texts`` of the source's stored texts, and extrapolated to the collection (tokens
+    estimated for HTTP encoders); translating, bridging and the hybrids are the plan's
+    estimate (train, then writing at ``APPLY_VECTORS_PER_S``) plus that encoding time."""
+    from . import evidence as E
+    from .encoders import ArrayEncoder
+    from .transform import estimate_tokens, has_text
+    count, est = info.count, plan.estimate
+    train_cpu, train_gpu = 60 * est["train_minutes_cpu"], 60 * est["train_minutes_gpu_estimate"]
+    write_s = count / E.APPLY_VECTORS_PER_S
+    rows: list[dict] = []
+
+    def row(road, what, cpu_s, gpu_s, note, tokens=None):
+        rows.append({"road": road, "what": what, "ndcg": None, "ratio_vs_today": None,
+                     "cpu_seconds": round(cpu_s, 1), "gpu_seconds_estimate": round(gpu_s, 1),
+                     "note": note, **({"tokens_estimate": round(tokens)} if tokens is not None else {})})
+    row("keep", "keep today's index and old model", 0.0, 0.0,
+        "" if plan.gate.baseline == "today" else "not an option: the old model is being retired")
+    row("bridge", "new-model queries mapped onto today's index (inverse map)", train_cpu, train_gpu,
+        "cost: train (estimated)")
+    row("translate", "translate every stored vector", train_cpu + write_s, train_gpu + write_s,
+        "cost: train + writing (estimated)")
+    timed = ""
+    texts = []
+    if plan.source.text_field and not isinstance(encoder, ArrayEncoder):
+        sample = src.sample(min(count, 2 * n_texts), seed=plan.sample.seed)
+        texts = [t for t in sample.texts(plan.source.text_field) if has_text(t)]
+    if texts:
+        native = len(texts) / len(sample)
+        per_doc = E.encode_seconds_per_text(encoder, texts, n_texts)
+        http = hasattr(encoder, "tokens_used_here")
+        tokens_per_doc = estimate_tokens(texts) / len(texts) if http else None
+        timed = (f"re-embedding timed on {min(len(texts), n_texts)} of the source's texts here "
+                 f"({1 / max(per_doc, 1e-9):.0f} texts/s)")
+
+        def tokens(share):
+            return None if tokens_per_doc is None else share * native * count * tokens_per_doc
+        for share in E.HYBRID_SHARES:
+            enc_s = share / 100 * native * count * per_doc
+            row(f"hybrid_{share}", f"translate, then re-embed {share}% in the background",
+                train_cpu + write_s + enc_s, train_gpu + write_s + enc_s / E.GPU_ENCODE_SPEEDUP,
+                "cost: translate (estimated) + re-embedding (timed)", tokens(share / 100))
+        enc_s = native * count * per_doc
+        row("reembed", "re-embed every stored text with the new model", train_cpu + enc_s + write_s,
+            train_gpu + enc_s / E.GPU_ENCODE_SPEEDUP + write_s,
+            "cost: train (estimated; pairs for the gate, points without text) + re-embedding (timed)"
+            + ("" if native >= 0.999 else f"; {100 * (1 - native):.0f}% of sampled points have no "
+               "text: translated"), tokens(1.0))
+    return {"rows": rows, "recommendation": None, "count": count, "stage": "plan",
+            "reason": f"{PLAN_QUALITY_LATER} (it needs the trained translator); no recommendation yet",
+            "cost_basis": f"CPU: {timed + '; ' if timed else ''}train and writing estimated (the "
+                          f"plan's estimate, {E.APPLY_VECTORS_PER_S:.0f} points/s) for {count} "
+                          f"points; GPU: an estimate ({E.GPU_ENCODE_SPEEDUP:.0f}x encoding)"}
 
 
 def _fix_strategy(plan: Plan, state: JobState, *, progress: bool = False) -> None:

@@ -54,10 +54,14 @@ def _store(request, name: str):
 
 
 def _release(store) -> None:
-    """Close this process's client of a Qdrant local store so a child process can open it."""
+    """Close this process's client of a Qdrant local store (its shards, on Qdrant Edge) so
+    a child process can open it."""
     if hasattr(store, "path") and store.engine == "qdrant":
         from embedmigrate.connectors.qdrant import close_shared_client
         close_shared_client(store.path)
+    if store.engine == "qdrant-edge":
+        from embedmigrate.connectors.qdrant_edge import close_shared_shards
+        close_shared_shards()
 
 
 def _env(store, src: str) -> dict:
@@ -153,7 +157,8 @@ def _untouched(before: dict, after: dict) -> None:
 
 # --- reembed end to end, killed mid-run ---------------------------------------------------
 
-@pytest.mark.parametrize("engine_name", ["qdrant_local", "chroma_server_harness", "postgres_tcp_harness"])
+@pytest.mark.parametrize("engine_name", ["qdrant_local", "qdrant_edge_harness", "chroma_embedded_harness",
+                                         "chroma_server_harness", "postgres_tcp_harness"])
 def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minilm, tmp_path, fresh_name,
                                              monkeypatch):
     store = _store(request, engine_name)
@@ -182,6 +187,31 @@ def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minil
     assert "written_matches_translation" not in {c["name"] for c in result["failed_checks"]}
 
 
+def test_reembed_apply_trains_by_itself(chroma_embedded_harness, corpus, minilm, tmp_path, fresh_name):
+    """No `train` step for a re-embed: apply trains first (the map for points without text
+    and the gate's held-out data), then re-embeds; translate still asks for train."""
+    from embedmigrate.errors import UsageError
+    store = chroma_embedded_harness
+    ids, old, payloads = corpus
+    src = fresh_name("re")
+    store.populate(src, ids, old, payloads)
+    for strategy in ("translate", "hybrid"):
+        out = commands.plan(store.uri(src), "minilm", output=tmp_path / f"{strategy}.toml",
+                            text_field="text", pairs=150, method="ridge", strategy=strategy)
+        with pytest.raises(UsageError, match="the translator is not trained yet"):
+            commands.apply(out["plan"], progress=False, cutover=False)
+        assert not open_collection(out["target"]).exists()
+    out = commands.plan(store.uri(src), "minilm", output=tmp_path / "plan.toml", text_field="text",
+                        pairs=150, method="ridge", checkpoint=str(tmp_path / "ckpt"), strategy="reembed")
+    result = commands.apply(out["plan"], progress=False, cutover=False)
+    assert result["ids_match"] and result["written"] == N
+    assert result["native"] == N - 1 and result["translated"] == 1
+    assert "written_matches_translation" not in {c["name"] for c in result["failed_checks"]}
+    assert (tmp_path / "plan.state" / "eval.npz").exists()  # the gate's held-out data, from training
+    before = read_points(store, store.uri(src))
+    assert_target(before, read_points(store, out["target"]), minilm, Translator.load(tmp_path / "ckpt"))
+
+
 def test_translate_strategy_writes_no_provenance(chroma_embedded_harness, corpus, tmp_path, fresh_name,
                                                  monkeypatch):
     """Old plans and `--strategy translate` keep today's behaviour: payloads copied untouched."""
@@ -196,6 +226,24 @@ def test_translate_strategy_writes_no_provenance(chroma_embedded_harness, corpus
 def _search(store, uri: str, vector: np.ndarray, k: int = 5) -> list[str]:
     """The live collection searched with the engine's own client."""
     name = parse_uri(uri).collection
+    if store.engine == "qdrant":
+        from embedmigrate.connectors.qdrant import shared_client
+        client, lock = shared_client(store.path)
+        try:
+            with lock:
+                return [str(p.id) for p in client.query_points(name, query=vector.tolist(), limit=k).points]
+        finally:
+            _release(store)
+    if store.engine == "qdrant-edge":
+        import qdrant_edge as edge
+        from embedmigrate.connectors.qdrant_edge import shared_shard
+        shard, lock = shared_shard(os.path.join(store.store, name))
+        try:
+            with lock:
+                hits = shard.search(edge.SearchRequest(edge.Query.Nearest(vector.tolist()), limit=k))
+            return [str(h.id) for h in hits]
+        finally:
+            _release(store)
     if store.engine == "chroma":
         res = store.client().get_collection(name).query(query_embeddings=[vector.tolist()], n_results=k)
         return [str(i) for i in res["ids"][0]]
@@ -269,10 +317,11 @@ def _check_quality(status: dict, store, job: Job, live: str, queries_file: Path,
     assert quality[-1]["low"] <= quality[-1]["ndcg"] <= quality[-1]["high"]
 
 
-@pytest.mark.parametrize("engine_name", ["chroma_server_harness", "postgres_tcp_harness"])
+@pytest.mark.parametrize("engine_name", ["chroma_server_harness", "postgres_tcp_harness", "qdrant_local",
+                                         "qdrant_edge_harness"])
 def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpus, minilm, tmp_path,
                                                      fresh_name, monkeypatch, labelled_queries):
-    store = request.getfixturevalue(engine_name)
+    store = _store(request, engine_name)
     job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "hybrid",
                    queries=str(labelled_queries), from_model="wordllama")
     before = read_points(store, job.source_uri)
@@ -280,6 +329,7 @@ def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpu
 
     # 1. translate everything, cut over (the translation's gate verdict is not the point here)
     applied = commands.apply(job.plan, progress=False, force=True)
+    _release(store)
     assert applied["cutover"] == "done" and applied["translated"] == N
     live = commands.live_target_uri(load_plan(job.plan))
     kinds = _check_stage(store, job, before, minilm, live)
@@ -316,9 +366,12 @@ def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpu
     _check_quality(status, store, job, live, labelled_queries, minilm)
     code, out, err = finish(start_cli("status", job.plan, env=env))
     assert "after pass 4: nDCG@10 " in out and "100% of the evaluation points re-embedded" in out, out
-    # the old collection (retired by the cutover) still holds the old vectors and payloads
-    retired = applied["record"].get("retired") or applied["record"].get("retired_name")
-    _untouched(before, read_points(store, parse_uri(job.source_uri).with_collection(retired).raw))
+    # the old collection (retired by the cutover, or left where it was) still holds the old
+    # vectors and payloads
+    from embedmigrate.connectors import connector_class
+    source = parse_uri(job.source_uri)
+    retired = connector_class(source.engine).retired_collection(applied["record"]) or source.collection
+    _untouched(before, read_points(store, source.with_collection(retired).raw))
 
 
 # --- budgets -----------------------------------------------------------------------------------
@@ -433,6 +486,55 @@ def test_http_encoder_tokens_budget(http_minilm, minilm, chroma_embedded_harness
     assert result["this_run"]["tokens"] >= 1000
     code, out, err = finish(start_cli("run", job.plan, "--json"))
     assert code == ExitCode.OK and job.state["written"] == N, err
+
+
+# --- plan prints the decision table as far as it can be priced ---------------------------------
+
+PLAN_ROADS = ["keep", "bridge", "translate", "hybrid_25", "hybrid_50", "hybrid_75", "reembed"]
+
+
+def test_plan_prints_the_decision_table(chroma_embedded_harness, corpus, tmp_path, fresh_name):
+    from click.testing import CliRunner
+    from embedmigrate import cli
+    ids, old, payloads = corpus
+    src = fresh_name("plan")
+    chroma_embedded_harness.populate(src, ids, old, payloads)
+    args = ["plan", chroma_embedded_harness.uri(src), "--to-model", "minilm", "--text-field", "text",
+            "--pairs", "150"]
+    human = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "a.toml")], catch_exceptions=False)
+    assert human.exit_code == 0, human.output
+    lines = human.output.splitlines()
+    head = next(n for n, line in enumerate(lines) if line.split()[:2] == ["road", "nDCG@10"])
+    assert [line.split()[0] for line in lines[head + 1:head + 8]] == PLAN_ROADS
+    assert lines[head + 8].strip().startswith("quality: measured by apply --dry-run after train")
+    result = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "b.toml"), "--json"],
+                                catch_exceptions=False)
+    decision = json.loads(result.output)["decision"]
+    rows = {r["road"]: r for r in decision["rows"]}
+    assert list(rows) == PLAN_ROADS and decision["recommendation"] is None
+    assert all(r["ndcg"] is None for r in rows.values())
+    assert rows["keep"]["cpu_seconds"] == 0
+    # re-embedding is timed here: 299 of 300 points have text, at MiniLM's speed on this CPU
+    assert rows["reembed"]["cpu_seconds"] > rows["hybrid_75"]["cpu_seconds"] > rows["hybrid_25"][
+        "cpu_seconds"] > rows["translate"]["cpu_seconds"] > 0
+    assert "re-embedding timed on 128 of the source's texts" in decision["cost_basis"]
+    assert "tokens_estimate" not in rows["reembed"]  # a local model spends no tokens
+
+
+def test_plan_prices_an_http_encoder_in_tokens(http_minilm, chroma_embedded_harness, corpus, tmp_path,
+                                               fresh_name):
+    server, base = http_minilm
+    ids, old, payloads = corpus
+    src = fresh_name("plan")
+    chroma_embedded_harness.populate(src, ids, old, payloads)
+    out = commands.plan(chroma_embedded_harness.uri(src), f"openai+{base}?model=minilm",
+                        output=tmp_path / "p.toml", text_field="text", pairs=150)
+    rows = {r["road"]: r for r in out["decision"]["rows"]}
+    texts = [p["text"] for p in payloads if p["text"]]
+    per_text = sum(max(1, (len(t) + 3) // 4) for t in texts) / len(texts)  # the 4-characters rule
+    assert rows["reembed"]["tokens_estimate"] == pytest.approx(len(texts) * per_text, rel=0.25)
+    assert rows["hybrid_50"]["tokens_estimate"] == pytest.approx(rows["reembed"]["tokens_estimate"] / 2,
+                                                                 rel=0.01)
 
 
 # --- the plan's [strategy] ------------------------------------------------------------------------
