@@ -1103,6 +1103,7 @@ def _train_for_reembed(plan: Plan, lock: RunLock, state: JobState, strategy: str
     state.record = JobState(plan.state_dir).record  # the caller's state goes on from 'trained'
 
 
+HTTP_TIMED_TEXTS = 32
 PLAN_QUALITY_LATER = "quality: measured by apply --dry-run after train"
 
 
@@ -1138,10 +1139,11 @@ def plan_decision(plan: Plan, src, info, encoder, n_texts: int = 128) -> dict:
         texts = [t for t in sample.texts(plan.source.text_field) if has_text(t)]
     if texts:
         native = len(texts) / len(sample)
-        per_doc = E.encode_seconds_per_text(encoder, texts, n_texts)
         http = hasattr(encoder, "tokens_used_here")
+        n_timed = min(len(texts), HTTP_TIMED_TEXTS if http else n_texts)  # an endpoint may bill them
+        per_doc = E.encode_seconds_per_text(encoder, texts, n_timed)
         tokens_per_doc = estimate_tokens(texts) / len(texts) if http else None
-        timed = (f"re-embedding timed on {min(len(texts), n_texts)} of the source's texts here "
+        timed = (f"re-embedding timed on {n_timed} of the source's texts here "
                  f"({1 / max(per_doc, 1e-9):.0f} texts/s)")
 
         def tokens(share):

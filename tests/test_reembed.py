@@ -170,9 +170,10 @@ def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minil
     wait_until(job, proc, 3 * BATCH)
     kill9(proc)
     assert 0 < job.written() < N, "the kill must land mid-run"
-    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
-    assert code == ExitCode.OK, err
-    assert json.loads(out)["step"] == "apply"
+    # the scheduler's step resumes it (in this process: a child would load the model again)
+    resumed = commands.advance(job.plan)
+    _release(store)
+    assert resumed["step"] == "apply"
 
     state = job.state
     assert state["stage"] == "applied" and state["written"] == N  # each batch counted once
@@ -181,9 +182,9 @@ def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minil
     assert [i for i, k in kinds.items() if k == TRANSLATED] == [str(NO_TEXT + 1)]
     _untouched(before, read_points(store, job.source_uri))
     # verify compares the target with the encoder's output, not with a translation
-    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
-    result = json.loads(out)
-    assert result["step"] == "verify" and result["ids_match"], err
+    result = commands.advance(job.plan)
+    _release(store)
+    assert result["step"] == "verify" and result["ids_match"]
     assert "written_matches_translation" not in {c["name"] for c in result["failed_checks"]}
 
 
@@ -346,25 +347,26 @@ def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpu
         assert seen < native < N - 1
         seen = int(job.state["reembedded"])
 
-    # 3. a pass stopped by its budget, then one that finishes the sweep
-    code, out, err = finish(start_cli("run", job.plan, "--max-docs", "50", "--json", env=env))
-    assert code == ExitCode.OK, err
-    stopped = json.loads(out)
+    # 3. a pass stopped by its budget, then one that finishes the sweep (`run`'s steps, in
+    # this process: a child would load the model again; test_budget_stop_then_resume runs the CLI)
+    stopped = commands.advance(job.plan, budget={"max_docs": 50})
+    _release(store)
     assert stopped["step"] == "reembed_pass" and stopped["budget_exhausted"] == "max_docs"
     assert stopped["reembedded_this_pass"] >= 50 and not stopped["done"]
-    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
-    assert code == ExitCode.OK, err
-    assert json.loads(out)["done"] is True
+    finished = commands.advance(job.plan)
+    _release(store)
+    assert finished["done"] is True
     kinds = _check_stage(store, job, before, minilm, live)
     assert [i for i, k in kinds.items() if k == TRANSLATED] == [str(NO_TEXT + 1)]
 
-    code, out, err = finish(start_cli("status", job.plan, "--json", env=env))
-    status = json.loads(out)
+    from click.testing import CliRunner
+    from embedmigrate import cli
+    status = json.loads(CliRunner().invoke(cli.main, ["status", str(job.plan), "--json"]).output)
     assert status["strategy"] == "hybrid" and status["hybrid_done"] is True
     assert status["native_points"] == N - 1 and status["share_native"] == round((N - 1) / N, 4)
     assert len(status["hybrid_passes"]) == 4  # killed, killed, stopped by the budget, finished
     _check_quality(status, store, job, live, labelled_queries, minilm)
-    code, out, err = finish(start_cli("status", job.plan, env=env))
+    out = CliRunner().invoke(cli.main, ["status", str(job.plan)]).output
     assert "after pass 4: nDCG@10 " in out and "100% of the evaluation points re-embedded" in out, out
     # the old collection (retired by the cutover, or left where it was) still holds the old
     # vectors and payloads
@@ -535,6 +537,8 @@ def test_plan_prices_an_http_encoder_in_tokens(http_minilm, chroma_embedded_harn
     assert rows["reembed"]["tokens_estimate"] == pytest.approx(len(texts) * per_text, rel=0.25)
     assert rows["hybrid_50"]["tokens_estimate"] == pytest.approx(rows["reembed"]["tokens_estimate"] / 2,
                                                                  rel=0.01)
+    # timed on 32 texts only: an endpoint may bill every text plan sends
+    assert "re-embedding timed on 32 of the source's texts" in out["decision"]["cost_basis"]
 
 
 # --- the plan's [strategy] ------------------------------------------------------------------------
