@@ -1107,7 +1107,7 @@ HTTP_TIMED_TEXTS = 32
 PLAN_QUALITY_LATER = "quality: measured by apply --dry-run after train"
 
 
-def plan_decision(plan: Plan, src, info, encoder, n_texts: int = 128) -> dict:
+def plan_decision(plan: Plan, src, info, encoder, n_texts: int = 64) -> dict:
     """The decision table as far as ``plan`` can price it: no translator is trained yet,
     so no road's quality is known (``apply --dry-run`` after ``train`` measures them
     all, in ``evidence.decide``'s rows). Costs: re-embedding is timed here, on up to
