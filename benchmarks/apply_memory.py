@@ -19,6 +19,15 @@ every 0.5 s for an RSS timeline against the number of points written
 recorded with every run: other jobs share the two cores, so vec/s are noisy;
 memory is not.
 
+``--strategy reembed --model wordllama``: the same, for a re-embed apply. Each source
+point then also stores a text (a WordNet gloss from Debian's ``wordnet-base``,
+/usr/share/wordnet/data.*: 117,659 of them, cycled with a counter past that); the
+plan's [strategy] is ``reembed`` with that text field, so apply encodes every
+point's text with the new model (a dim -> new-dim ridge map is saved for points
+without text; there are none). The smallest packaged model, WordLlama, keeps
+100,000 points affordable on two cores; what apply holds per batch does not depend
+on the model's speed.
+
 The Postgres source is written with psycopg binary COPY and has no HNSW index,
 so the target has none either (create_like copies the source's indexes): an
 index build happens inside the server after the load and does not touch the
@@ -48,6 +57,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 PAYLOAD_FIELDS = ["title", "n", "lang"]
+WORDNET = Path("/usr/share/wordnet")  # Debian wordnet-base
+
+
+def wordnet_glosses() -> list[str]:
+    """Every gloss of WordNet's data files (117,659 in wordnet-base 3.0), in file order."""
+    if not (WORDNET / "data.noun").exists():
+        raise SystemExit("--strategy reembed needs texts: apt-get install wordnet-base")
+    out = []
+    for part in ("noun", "verb", "adj", "adv"):
+        for line in (WORDNET / f"data.{part}").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line[:1].isdigit() and " | " in line:
+                out.append(line.split(" | ", 1)[1].strip())
+    return out
+
+
+_GLOSSES: list[str] = []
+
+
+def text_for(i: int) -> str:
+    """Point i's text: the i-th gloss, with a counter once they run out (no two alike)."""
+    if not _GLOSSES:
+        _GLOSSES.extend(wordnet_glosses())
+    k, lap = (i - 1) % len(_GLOSSES), (i - 1) // len(_GLOSSES)
+    return _GLOSSES[k] + (f" ({lap})" if lap else "")
 
 
 # --- engines ------------------------------------------------------------------------------
@@ -113,36 +146,38 @@ LIGHT_CHROMA_HNSW = {"space": "cosine", "ef_construction": 16, "max_neighbors": 
 
 
 def grow_source(engine: str, source: str, have: int, want: int, dim: int,
-                light_index: bool = False) -> None:
-    """Add points have+1 .. want to the source (created when have == 0)."""
+                light_index: bool = False, texts: bool = False) -> None:
+    """Add points have+1 .. want to the source (created when have == 0); ``texts``: each
+    point stores a text in the payload field ``text`` (re-embed runs)."""
     if engine == "postgres":
-        return _grow_postgres(source, have, want, dim)
+        return _grow_postgres(source, have, want, dim, texts)
     from embedmigrate.connectors import CollectionInfo, open_collection
     conn = open_collection(source)
     if have == 0:
         settings = {"configuration": {"hnsw": LIGHT_CHROMA_HNSW}} if light_index else {}
         info = CollectionInfo(engine=conn.engine, name="(synthetic)", count=0, dim=dim,
-                              metric="cosine", id_type="int", payload_fields=PAYLOAD_FIELDS,
-                              settings=settings)
+                              metric="cosine", id_type="int",
+                              payload_fields=PAYLOAD_FIELDS + ["text"] * texts, settings=settings)
         conn.create_like(info, dim=dim, if_exists="replace")
     step = 5000
     for start in range(have, want, step):
-        conn.write(synthetic_batch(start, min(step, want - start), dim))
+        conn.write(synthetic_batch(start, min(step, want - start), dim, texts))
     conn.finish_write()
     conn.close()
 
 
-def synthetic_batch(start: int, n: int, dim: int):
+def synthetic_batch(start: int, n: int, dim: int, texts: bool = False):
     """Points start+1 .. start+n; the vectors depend only on the ids (seeded by start)."""
     from embedmigrate.connectors import Batch
     rng = np.random.default_rng(start)
     v = rng.normal(size=(n, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     ids = list(range(start + 1, start + n + 1))
-    return Batch(ids, v, [{"title": f"doc {i}", "n": i, "lang": "en"} for i in ids])
+    return Batch(ids, v, [{"title": f"doc {i}", "n": i, "lang": "en",
+                           **({"text": text_for(i)} if texts else {})} for i in ids])
 
 
-def _grow_postgres(uri: str, have: int, want: int, dim: int) -> None:
+def _grow_postgres(uri: str, have: int, want: int, dim: int, texts: bool = False) -> None:
     import psycopg
     from pgvector.psycopg import register_vector
     from embedmigrate.connectors.uri import parse_uri
@@ -154,15 +189,16 @@ def _grow_postgres(uri: str, have: int, want: int, dim: int) -> None:
             pg.execute("CREATE EXTENSION IF NOT EXISTS vector")
             pg.execute(f"DROP TABLE IF EXISTS {table}")
             pg.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding vector({dim}), "
-                       "title text, n bigint, lang text)")
+                       "title text, n bigint, lang text" + (", text text)" if texts else ")"))
         register_vector(pg)
-        with pg.cursor() as cur, cur.copy(f"COPY {table} (id, embedding, title, n, lang) "
+        columns = ["id", "embedding", "title", "n", "lang"] + ["text"] * texts
+        with pg.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) "
                                           "FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["bigint", "vector", "text", "bigint", "text"])
+            copy.set_types(["bigint", "vector", "text", "bigint", "text"] + ["text"] * texts)
             for start in range(have, want, 10_000):
-                b = synthetic_batch(start, min(10_000, want - start), dim)
+                b = synthetic_batch(start, min(10_000, want - start), dim, texts)
                 for i, v, p in zip(b.ids, b.vectors, b.payloads):
-                    copy.write_row([i, v, p["title"], p["n"], p["lang"]])
+                    copy.write_row([i, v, p["title"], p["n"], p["lang"]] + [p["text"]] * texts)
         pg.execute(f"ANALYZE {table}")
 
 
@@ -187,8 +223,10 @@ def _wait_http(url: str, seconds: float = 60) -> None:
 # --- one measured apply -------------------------------------------------------------------
 
 def make_plan(source: str, target: str, dim: int, batch_size: int, workdir: Path,
-              workers: int = 1) -> Path:
-    """A trained job: plan file, a dim -> dim Procrustes checkpoint, state 'trained'."""
+              workers: int = 1, strategy: str = "translate", model: str = "wordllama") -> Path:
+    """A trained job: plan file, a dim -> dim Procrustes checkpoint, state 'trained'.
+    ``strategy`` reembed: the plan re-embeds the ``text`` field with ``model`` (the
+    checkpoint is then a dim -> model-dim ridge map, for points without text)."""
     from embedmigrate.plan import Plan
     from embedmigrate.state import JobState
     from embedmigrate.translators import make_translator
@@ -197,6 +235,10 @@ def make_plan(source: str, target: str, dim: int, batch_size: int, workdir: Path
     old /= np.linalg.norm(old, axis=1, keepdims=True)
     rot = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)
     t = make_translator("procrustes").fit(old, old @ rot, pairs=(old, old @ rot))
+    if strategy == "reembed":
+        from embedmigrate.encoders import open_encoder
+        new = rng.normal(size=(5000, open_encoder(model).dim)).astype(np.float32)
+        t = make_translator("ridge").fit(old, new, pairs=(old, new))
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     p = Plan()
@@ -206,17 +248,22 @@ def make_plan(source: str, target: str, dim: int, batch_size: int, workdir: Path
     p.apply.batch_size, p.apply.if_exists = batch_size, "replace"
     if workers != 1:
         p.apply.workers = workers
+    if strategy == "reembed":
+        p.model.new, p.train.method = model, "ridge"
+        p.source.text_field, p.strategy.name = "text", "reembed"
     path = p.write(workdir / "plan.toml")
     t.save(p.checkpoint_dir)
     JobState(p.state_dir).update(stage="trained")
     return path
 
 
-def _rss_mb(pid: int) -> float | None:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A /proc/PID/status memory field in MB: VmRSS (all resident pages), RssAnon (heap
+    and other anonymous memory), RssFile (mapped files, which the kernel may drop)."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -262,13 +309,14 @@ def measure_apply(plan_path: Path, server_pid: int | None) -> dict:
     readers = [threading.Thread(target=drain, args=(n,), daemon=True) for n in ("stdout", "stderr")]
     for t in readers:
         t.start()
-    timeline, server_peak, rewrite_done = [], 0.0, None
+    timeline, server_peak, rewrite_done, anon_peak = [], 0.0, None, 0.0
     stop = threading.Event()
 
     def poll():
-        nonlocal server_peak, rewrite_done
+        nonlocal server_peak, rewrite_done, anon_peak
         while not stop.is_set():
             rss, written = _rss_mb(proc.pid), _written(state_file)
+            anon_peak = max(anon_peak, _rss_mb(proc.pid, "RssAnon") or 0.0)
             if rss is not None:
                 timeline.append((round(time.perf_counter() - start, 1), written, round(rss, 1)))
             if server_pid:
@@ -295,6 +343,7 @@ def measure_apply(plan_path: Path, server_pid: int | None) -> dict:
             "ids_match": result.get("ids_match"), "verdict": result.get("verdict"),
             "cpu_user_s": usage.ru_utime, "cpu_sys_s": usage.ru_stime,
             "server_peak_rss_mb": server_peak or None, "timeline": timeline,
+            "anon_peak_mb": anon_peak or None,  # the highest RssAnon polled (every 0.5 s)
             "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
 
 
@@ -317,7 +366,8 @@ def rss_at_progress(timeline, n: int) -> dict:
 # --- driver ---------------------------------------------------------------------------------
 
 def run_engine(name: str, sizes: list[int], dim: int, batch_size: int, workers: int,
-               light_index: bool, log, save=lambda rows: None) -> list[dict]:
+               light_index: bool, log, save=lambda rows: None, strategy: str = "translate",
+               model: str = "wordllama") -> list[dict]:
     root = Path(tempfile.mkdtemp(prefix=f"embm-mem-{name}-"))
     engine = Engine(name, root)
     rows, have = [], 0
@@ -325,14 +375,17 @@ def run_engine(name: str, sizes: list[int], dim: int, batch_size: int, workers: 
         for n in sizes:
             t0 = time.perf_counter()
             light = light_index and name.startswith("chroma")
-            _in_child(f"grow_source({engine.name!r}, {engine.source!r}, {have}, {n}, {dim}, {light})")
+            texts = strategy == "reembed"
+            _in_child(f"grow_source({engine.name!r}, {engine.source!r}, {have}, {n}, {dim}, {light}, "
+                      f"{texts})")
             have = n
             built = time.perf_counter() - t0
             log(f"{name}: source has {n:,} points (built in {built:.0f} s), applying ...")
             plan = make_plan(engine.source, engine.target(str(n)), dim, batch_size,
-                             root / f"job-{n}", workers)
+                             root / f"job-{n}", workers, strategy, model)
             r = measure_apply(plan, engine.server_pid)
             r.update(engine=name, n=n, dim=dim, batch_size=batch_size, workers=workers, build_seconds=built,
+                     strategy=strategy, model=model if strategy == "reembed" else None,
                      rss_at=rss_at_progress(r["timeline"], n))
             log(json.dumps({k: v for k, v in r.items() if k != "timeline"}))
             rows.append(r)
@@ -360,25 +413,31 @@ def _in_child(call: str) -> None:
 
 
 def render(rows: list[dict], args) -> str:
+    reembed = args.strategy == "reembed"
     cmd = (f"python benchmarks/apply_memory.py --engines {args.engines} --sizes {args.sizes} "
            f"--dim {args.dim} --batch-size {args.batch_size} --workers {args.workers}"
-           + (" --light-chroma-index" if args.light_chroma_index else ""))
-    out = [f"## Peak memory of apply vs collection size ({args.dim}-d, batch {args.batch_size}, "
-           f"{args.workers} worker{'s' * (args.workers > 1)})", "",
+           + (" --light-chroma-index" if args.light_chroma_index else "")
+           + (f" --strategy reembed --model {args.model}" if reembed else ""))
+    setup = f"batch {args.batch_size}, {args.workers} worker{'s' * (args.workers > 1)}"
+    title = (f"## Peak memory of a re-embed apply vs collection size ({args.model}, {args.dim}-d old "
+             f"vectors, {setup})" if reembed else
+             f"## Peak memory of apply vs collection size ({args.dim}-d, {setup})")
+    out = [title, "",
            *([f"Command: `{cmd}`  "] if not args.render else []),
            f"Machine: {os.cpu_count()} cores, {platform.platform()}, Python "
            f"{platform.python_version()}; run {time.strftime('%Y-%m-%d')}.", "",
            "`embedmigrate apply PLAN --no-cutover --json` in a subprocess (rewrite + verify); "
            "peak RSS is that process's VmHWM. vec/s = points / wall time of "
            "the whole command (rewrite + verify). Load average: the 1-minute value before → after.", "",
-           "| engine | points | apply peak RSS MB | RSS at 25 / 50 / 75 / 100 % written | wall s "
-           "(rewrite s) | vec/s | server peak RSS MB | load avg |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| engine | points | apply peak RSS MB | peak RssAnon MB (polled) | RSS at 25 / 50 / 75 / 100 % "
+           "written | wall s (rewrite s) | vec/s | server peak RSS MB | load avg |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         at = " / ".join("–" if v is None else f"{v:,.0f}" for v in r["rss_at"].values())
         rw = f"{r['rewrite_seconds']:,.0f}" if r["rewrite_seconds"] else "–"
         srv = f"{r['server_peak_rss_mb']:,.0f}" if r["server_peak_rss_mb"] else "–"
-        out.append(f"| {r['engine']} | {r['n']:,} | {r['peak_rss_mb']:,.0f} | {at} | "
+        anon = f"{r['anon_peak_mb']:,.0f}" if r.get("anon_peak_mb") else "–"
+        out.append(f"| {r['engine']} | {r['n']:,} | {r['peak_rss_mb']:,.0f} | {anon} | {at} | "
                    f"{r['seconds']:,.0f} ({rw}) | {r['n'] / r['seconds']:,.0f} | {srv} | "
                    f"{r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f} |")
     out += ["", "| engine | sizes | peak RSS ratio, largest / smallest |", "|---|---|---|"]
@@ -399,6 +458,9 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="[apply] workers of the plan")
     ap.add_argument("--light-chroma-index", action="store_true",
                     help="Chroma sources (and so targets) with a cheaper HNSW: faster store, same client")
+    ap.add_argument("--strategy", choices=["translate", "reembed"], default="translate",
+                    help="reembed: every point stores a WordNet gloss; apply encodes it with --model")
+    ap.add_argument("--model", default="wordllama", help="the new model of a --strategy reembed run")
     ap.add_argument("--out", default=None, help="markdown file to add the table to")
     ap.add_argument("--json-out", default=None, help="write every measurement (with timelines) here")
     ap.add_argument("--render", nargs="+", metavar="JSON",
@@ -420,7 +482,7 @@ def main():
 
     for name in args.engines.split(","):
         rows += run_engine(name, sizes, args.dim, args.batch_size, args.workers,
-                           args.light_chroma_index, log, save)
+                           args.light_chroma_index, log, save, args.strategy, args.model)
     table = render(rows, args)
     print(table)
     if args.out:

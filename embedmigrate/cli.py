@@ -177,6 +177,10 @@ def plan(source, to_model, from_model, texts, text_column, text_field, target, l
                    f"({smp['holdout']} held out), {smp['new']} fresh texts; "
                    f"~{e['train_minutes_cpu']} min CPU (~{e['train_minutes_gpu_estimate']} min GPU, estimated)")
         click.echo(f"apply    ~{e['apply_minutes']} min, target ~{e['target_disk_mb']} MB")
+        if r.get("decision"):
+            from .report import decision_lines
+            for line in decision_lines(r["decision"]):
+                click.echo(f"  {line}")
         click.echo(f"strategy {r['strategy_resolved']} ({r['strategy_reason']})")
         click.echo(f"cutover  {r['cutover']} (only after the quality gate passes)")
         click.echo(f"evidence {r['evidence']}" + ("" if r["evidence"] != "none" else
@@ -412,14 +416,41 @@ def status(plan_file, as_json):
 
 
 def _print_status(result: dict) -> None:
-    """One line per field; a record (cutover, lock owner) as indented key: value lines."""
+    """One line per field; a record (cutover, lock owner) as indented key: value lines;
+    a hybrid job's passes and search quality one line each."""
     for key, value in result.items():
-        if isinstance(value, dict):
+        if key == "hybrid_passes":
+            click.echo(f"{key:14s} {len(value)}")
+            for record in value:
+                click.echo("  " + _pass_line(record))
+        elif key == "hybrid_quality":
+            click.echo(f"{'search quality':14s} {'' if value else '-'}".rstrip())
+            for row in value:
+                click.echo("  " + _quality_line(row))
+        elif isinstance(value, dict):
             click.echo(f"{key:14s} {'' if value else '-'}".rstrip())
             for k, v in value.items():
                 click.echo(f"  {k:12s} {'-' if v is None else v}")
         else:
             click.echo(f"{key:14s} {'-' if value is None else value}")
+
+
+def _pass_line(record: dict) -> str:
+    """A hybrid pass: its points re-embedded and how it ended."""
+    from datetime import datetime, timezone
+    start = datetime.fromtimestamp(record["started"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    ended = ("killed or still running" if "finished" not in record else
+             f"stopped by {record['stopped_by']}" if record.get("stopped_by") else "finished the sweep")
+    return f"pass {record['pass']}: started {start} UTC, {record.get('native', 0)} re-embedded, {ended}"
+
+
+def _quality_line(row: dict) -> str:
+    """nDCG@10 of the live collection at one stage of a hybrid job, or why it is not known."""
+    if row.get("ndcg") is None:
+        return f"after {row['after']}: not measured ({row.get('reason', 'unknown')})"
+    return (f"after {row['after']}: nDCG@{row['k']} {row['ndcg']:.3f} (95% {row['low']:.3f}-"
+            f"{row['high']:.3f}, {row['evidence']}, {row['queries']} queries), "
+            f"{100 * row['native_share']:.0f}% of the evaluation points re-embedded")
 
 
 @main.command()

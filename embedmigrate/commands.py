@@ -102,6 +102,7 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
                           n_pairs)
     p.strategy.name = strategy
     p.strategy.reason = resolve_strategy(p)[1]
+    decision = plan_decision(p, src, info, encoder)
     from .plan import validate
     validate(p, str(output))  # before writing: a bad plan leaves no file behind
     out = p.write(output)
@@ -111,7 +112,7 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
             "live_name": p.target.live_name, "new_model": to_model, "new_dim": encoder.dim,
             "sample": p.to_dict()["sample"], "method": method, "estimate": p.estimate,
             "strategy": strategy, "strategy_resolved": resolve_strategy(p)[0],
-            "strategy_reason": p.strategy.reason,
+            "strategy_reason": p.strategy.reason, "decision": decision,
             "cutover": _cutover_description(src_uri.engine, p.target.live_name, target_name)}
 
 
@@ -625,9 +626,7 @@ def _rewrite(job: Job, *, progress: bool, workers: int | None, executor: str | N
         _fix_strategy(plan, state, job.source, progress=progress)
     strategy = resolve_strategy(plan)[0]
     if not state.reached("trained"):
-        raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}"
-                         + (" (re-embed uses it for points without text and for the quality gate)"
-                            if strategy == "reembed" else ""))
+        _train_for_reembed(job, strategy, progress=progress)
     kind = executor or plan.apply.executor
     if kind == "ray":
         parallel.check_ray_reachable(plan.source.uri, plan.target.uri)
@@ -1116,6 +1115,81 @@ def resolve_strategy(plan: Plan, recommendation: str | None = None) -> tuple[str
                          "\"reembed\" or \"hybrid\" to encode the stored texts with the new model")
 
 
+def _train_for_reembed(job: Job, strategy: str, *, progress: bool) -> None:
+    """A re-embed needs no ``train`` command: its apply trains first. Training encodes
+    the pairs sample of stored texts (``[sample] pairs``, a small share of a re-embed's
+    encoding) and fits the map that writes points without text, the gate's checks and
+    its held-out evaluation data. Translate and hybrid jobs are told to train."""
+    plan = job.plan
+    if strategy != "reembed":
+        raise UsageError("the translator is not trained yet", f"run: embedmigrate train {plan.path}")
+    _train(job, progress=progress, retrain=False)  # the job's state goes on from 'trained'
+    _fix_strategy(plan, job.state, job.source, progress=progress)
+
+
+HTTP_TIMED_TEXTS = 32
+PLAN_QUALITY_LATER = "quality: measured by apply --dry-run after train"
+
+
+def plan_decision(plan: Plan, src, info, encoder, n_texts: int = 64) -> dict:
+    """The decision table as far as ``plan`` can price it: no translator is trained yet,
+    so no road's quality is known (``apply --dry-run`` after ``train`` measures them
+    all, in ``evidence.decide``'s rows). Costs: re-embedding is timed here, on up to
+    ``n_texts`` of the source's stored texts, and extrapolated to the collection (tokens
+    estimated for HTTP encoders); translating, bridging and the hybrids are the plan's
+    estimate (train, then writing at ``APPLY_VECTORS_PER_S``) plus that encoding time."""
+    from . import evidence as E
+    from .encoders import ArrayEncoder
+    from .transform import estimate_tokens, has_text
+    count, est = info.count, plan.estimate
+    train_cpu, train_gpu = 60 * est["train_minutes_cpu"], 60 * est["train_minutes_gpu_estimate"]
+    write_s = count / E.APPLY_VECTORS_PER_S
+    rows: list[dict] = []
+
+    def row(road, what, cpu_s, gpu_s, note, tokens=None):
+        rows.append({"road": road, "what": what, "ndcg": None, "ratio_vs_today": None,
+                     "cpu_seconds": round(cpu_s, 1), "gpu_seconds_estimate": round(gpu_s, 1),
+                     "note": note, **({"tokens_estimate": round(tokens)} if tokens is not None else {})})
+    row("keep", "keep today's index and old model", 0.0, 0.0,
+        "" if plan.gate.baseline == "today" else "not an option: the old model is being retired")
+    row("bridge", "new-model queries mapped onto today's index (inverse map)", train_cpu, train_gpu,
+        "cost: train (estimated)")
+    row("translate", "translate every stored vector", train_cpu + write_s, train_gpu + write_s,
+        "cost: train + writing (estimated)")
+    timed = ""
+    texts = []
+    if plan.source.text_field and not isinstance(encoder, ArrayEncoder):
+        sample = src.sample(min(count, 2 * n_texts), seed=plan.sample.seed)
+        texts = [t for t in sample.texts(plan.source.text_field) if has_text(t)]
+    if texts:
+        native = len(texts) / len(sample)
+        http = hasattr(encoder, "tokens_used_here")
+        n_timed = min(len(texts), HTTP_TIMED_TEXTS if http else n_texts)  # an endpoint may bill them
+        per_doc = E.encode_seconds_per_text(encoder, texts, n_timed)
+        tokens_per_doc = estimate_tokens(texts) / len(texts) if http else None
+        timed = (f"re-embedding timed on {n_timed} of the source's texts here "
+                 f"({1 / max(per_doc, 1e-9):.0f} texts/s)")
+
+        def tokens(share):
+            return None if tokens_per_doc is None else share * native * count * tokens_per_doc
+        for share in E.HYBRID_SHARES:
+            enc_s = share / 100 * native * count * per_doc
+            row(f"hybrid_{share}", f"translate, then re-embed {share}% in the background",
+                train_cpu + write_s + enc_s, train_gpu + write_s + enc_s / E.GPU_ENCODE_SPEEDUP,
+                "cost: translate (estimated) + re-embedding (timed)", tokens(share / 100))
+        enc_s = native * count * per_doc
+        row("reembed", "re-embed every stored text with the new model", train_cpu + enc_s + write_s,
+            train_gpu + enc_s / E.GPU_ENCODE_SPEEDUP + write_s,
+            "cost: train (estimated; pairs for the gate, points without text) + re-embedding (timed)"
+            + ("" if native >= 0.999 else f"; {100 * (1 - native):.0f}% of sampled points have no "
+               "text: translated"), tokens(1.0))
+    return {"rows": rows, "recommendation": None, "count": count, "stage": "plan",
+            "reason": f"{PLAN_QUALITY_LATER} (it needs the trained translator); no recommendation yet",
+            "cost_basis": f"CPU: {timed + '; ' if timed else ''}train and writing estimated (the "
+                          f"plan's estimate, {E.APPLY_VECTORS_PER_S:.0f} points/s) for {count} "
+                          f"points; GPU: an estimate ({E.GPU_ENCODE_SPEEDUP:.0f}x encoding)"}
+
+
 def _fix_strategy(plan: Plan, state: JobState, src, *, progress: bool = False) -> None:
     """Before the first batch: an ``auto`` plan takes the decision report's
     recommendation (measured now if no dry run recorded one), and the choice is
@@ -1249,6 +1323,9 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
     hybrid["pass"] = hybrid.get("pass", 0) + 1
     parts = hybrid["parts"]
     record = {"pass": hybrid["pass"], "started": time.time(), "native": 0}
+    if not hybrid["passes"] or "finished" not in hybrid["passes"][-1]:
+        # the first pass measures the translated collection; after a killed pass, what it left
+        record["quality_start"] = _pass_quality(plan, state, conn)
     hybrid["passes"].append(record)
     state.update(hybrid=hybrid)
     budget = as_budget(plan, budget)
@@ -1274,7 +1351,7 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
     finally:
         bar.close()
         runner.close()
-    record.update(finished=time.time(), stopped_by=stopped)
+    record.update(finished=time.time(), stopped_by=stopped, quality=_pass_quality(plan, state, conn))
     if not stopped:
         hybrid.update(done=True, parts=parts)
         # the sweep is over: count provenance exactly (a killed pass may have written
@@ -1289,6 +1366,107 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
             f"{record['native']} points; {result['share_native']:.0%} of the collection is "
             "re-embedded; run again to go on"))
     return result
+
+
+HYBRID_EVAL = "hybrid_eval.npz"
+
+
+def _pass_quality(plan: Plan, state: JobState, live) -> dict:
+    """Search quality of the live collection as it stands, measured with the gate's
+    evidence: nDCG@10 and its 95% interval. A measurement that cannot be made is
+    recorded with its reason; it never stops a pass (the re-embedded points are right
+    either way)."""
+    from .errors import EmbedMigrateError
+    try:
+        evaluation = hybrid_eval_set(plan, state)
+        if evaluation is None:
+            return {"ndcg": None, "reason": "no evidence: the plan has no labelled queries and no "
+                                            "group field"}
+        return live_quality(live, evaluation, seed=plan.sample.seed)
+    except EmbedMigrateError as e:
+        return {"ndcg": None, "reason": e.one_line()}
+
+
+def hybrid_eval_set(plan: Plan, state: JobState) -> dict | None:
+    """The gate's evaluation set, prepared once for measuring the live collection after
+    hybrid passes: the documents' ids, each query's relevant documents and the new
+    model's query vectors. It is built from the old collection with the gate's own
+    sample (size and seed as verify), labels or sibling groups, and saved in the job's
+    state, so every pass is measured on the same data and costs a fetch of these
+    points by id, not a re-encoding. None when the plan gives the gate no evidence."""
+    from . import evidence as E
+    from . import files
+    from .encoders import encode_cached, open_encoder
+    from .state import STATE_ELSEWHERE
+    path = plan.state_dir / HYBRID_EVAL
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            queries = z["queries"]
+        meta["relevant"] = [{int(k): g for k, g in rel.items()} for rel in meta["relevant"]]
+        return {**meta, "queries": queries}
+    if not has_labels(plan) and not plan.gate.group_field:
+        return None
+    src = _old_collection(plan, state)
+    try:
+        sample = src.sample(plan.gate.sample, seed=plan.sample.seed + 1)
+        if has_labels(plan):
+            labelled = E.read_labelled_queries(plan.resolve_path(plan.gate.queries),
+                                               plan.resolve_path(plan.gate.qrels) if plan.gate.qrels else None)
+            es = E.labelled_eval_set(src, labelled, sample, plan.source.text_field)
+        else:
+            es = E.sibling_eval_set(src, plan.gate.group_field, sample, plan.source.text_field,
+                                    batch_size=plan.apply.batch_size, seed=plan.sample.seed)
+    finally:
+        src.close()
+    encoder, cache = open_encoder(plan.model.new), plan.state_dir / "cache"
+    if es.kind == E.LABELS:
+        queries = encode_cached(encoder, es.query_texts, cache, kind="query")
+    else:  # each sibling's text as a query, as the gate encodes it (no text: its translation)
+        queries = E._sibling_queries(es, _load_translator(plan).translate(es.docs_old), encoder, None,
+                                     cache)[0]
+    meta = {"kind": es.kind, "description": es.description,
+            "ids": [i if isinstance(i, str) else int(i) for i in es.doc_ids],
+            "relevant": [{str(k): float(g) for k, g in rel.items()} for rel in es.relevant],
+            "exclude": None if es.query_doc is None else es.query_doc.tolist()}
+    files.atomic_write_with(path, lambda fh: np.savez(fh, queries=np.asarray(queries, np.float32),
+                                                      meta=np.asarray(json.dumps(meta))),
+                            elsewhere=STATE_ELSEWHERE)
+    return hybrid_eval_set(plan, state)
+
+
+def _old_collection(plan: Plan, state: JobState):
+    """The collection holding the old vectors after the cutover: the source, or the name
+    the cutover retired it under (engines that rename, or an alias the source was)."""
+    from .connectors import connector_class
+    uri = parse_uri(plan.source.uri)
+    retired = connector_class(uri.engine).retired_collection(state.get("cutover") or {})
+    return open_collection(uri.with_collection(retired) if retired else uri)
+
+
+def live_quality(conn, evaluation: dict, *, k: int = 10, seed: int = 0) -> dict:
+    """nDCG@k of the evaluation queries on the vectors ``conn`` holds now for the
+    evaluation documents (fetched by id), with a bootstrap 95% interval over queries,
+    and the share of those documents that are re-embedded."""
+    from . import evidence as E
+    from .transform import NATIVE, PROVENANCE_VECTOR
+    ids = evaluation["ids"]
+    got = conn.fetch(ids)
+    by_id = {str(i): n for n, i in enumerate(got.ids)}
+    missing = [i for i in ids if str(i) not in by_id]
+    if missing:
+        return {"ndcg": None, "reason": f"{len(missing)} of the {len(ids)} evaluation points are no "
+                                        f"longer in the live collection (e.g. id {missing[0]})"}
+    order = [by_id[str(i)] for i in ids]
+    exclude = evaluation["exclude"]
+    scores = E.ndcg_per_query(evaluation["queries"], got.vectors[order], evaluation["relevant"], k,
+                              conn.describe().metric, None if exclude is None else np.asarray(exclude))
+    interval = E.mean_interval(scores, seed=seed)
+    native = sum((got.payloads[n] or {}).get(PROVENANCE_VECTOR) == NATIVE for n in order)
+    return {"ndcg": round(interval["mean"], 4), "low": round(interval["low"], 4),
+            "high": round(interval["high"], 4), "k": k, "evidence": evaluation["kind"],
+            "queries": len(scores), "documents": len(ids), "native_share": round(native / len(ids), 4),
+            "measured": time.time()}
 
 
 def _needs_reembed(batch: Batch, text_field: str) -> list[int]:
@@ -1333,9 +1511,26 @@ def strategy_status(plan: Plan | str) -> dict:
     if strategy == "hybrid":
         hybrid = state.get("hybrid") or {}
         out.update(_hybrid_share(state), hybrid_done=bool(hybrid.get("done")),
-                   hybrid_passes=hybrid.get("passes", []))
+                   hybrid_passes=hybrid.get("passes", []),
+                   hybrid_quality=hybrid_quality(hybrid.get("passes", [])))
     if state.get("last_budget_stop"):
         out["last_budget_stop"] = state.get("last_budget_stop")
+    return out
+
+
+def hybrid_quality(passes: list[dict]) -> list[dict]:
+    """Search quality at each stage of a hybrid job, from its pass records: after the
+    cutover (translated only), after each pass that ended (and where a killed pass left
+    it, measured when the next one started)."""
+    out = []
+    for n, record in enumerate(passes):
+        if "quality_start" in record:
+            after = "cutover (translated)" if n == 0 else f"pass {passes[n - 1]['pass']} (killed)"
+            out.append({"after": after, **record["quality_start"]})
+        if "quality" in record:
+            stop = record.get("stopped_by")
+            out.append({"after": f"pass {record['pass']}" + (f" (stopped by {stop})" if stop else ""),
+                        **record["quality"]})
     return out
 
 

@@ -224,7 +224,10 @@ def decision_lines(decision: dict) -> list[str]:
                    f"{('–' if r is None else format(r, '.2f')):>8s} "
                    f"{_fmt_seconds(row['cpu_seconds']):>9s} "
                    f"{_fmt_seconds(row['gpu_seconds_estimate']):>10s}  {row['what']}")
-    out.append(f"recommendation: {decision['recommendation']}: {decision['reason']}")
+    if decision.get("recommendation"):
+        out.append(f"recommendation: {decision['recommendation']}: {decision['reason']}")
+    else:  # plan: nothing measured yet
+        out.append(decision["reason"])
     return out
 
 

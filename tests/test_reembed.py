@@ -28,9 +28,25 @@ BATCH = 25
 NO_TEXT = 7  # index of the one point stored without text: it is translated, and counted
 
 
+class MemoEncoder:
+    """An encoder that encodes each (text, kind) once: the checks below encode the same
+    corpus texts again at every stage of every test."""
+
+    def __init__(self, encoder):
+        self.encoder, self.dim, self.cache = encoder, encoder.dim, {}
+
+    def encode(self, texts, kind: str = "passage", **_) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if (t, kind) not in self.cache]
+        if todo:
+            self.cache.update(((t, kind), v) for t, v in zip(todo, self.encoder.encode(todo, kind=kind)))
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.cache[t, kind] for t in texts])
+
+
 @pytest.fixture(scope="module")
 def minilm():
-    return open_encoder("minilm")
+    return MemoEncoder(open_encoder("minilm"))
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +70,14 @@ def _store(request, name: str):
 
 
 def _release(store) -> None:
-    """Close this process's client of a Qdrant local store so a child process can open it."""
+    """Close this process's client of a Qdrant local store (its shards, on Qdrant Edge) so
+    a child process can open it."""
     if hasattr(store, "path") and store.engine == "qdrant":
         from embedmigrate.connectors.qdrant import close_shared_client
         close_shared_client(store.path)
+    if store.engine == "qdrant-edge":
+        from embedmigrate.connectors.qdrant_edge import close_shared_shards
+        close_shared_shards()
 
 
 def _env(store, src: str) -> dict:
@@ -65,15 +85,29 @@ def _env(store, src: str) -> dict:
     return {"PGPASSWORD": password} if password else {}
 
 
+@pytest.fixture(scope="module")
+def labelled_queries(tmp_path_factory):
+    """The shipped WordNet sample's example sentences whose gloss is among the corpus's N
+    points, with that point's id: labelled evidence for the gate (56 queries)."""
+    from embedmigrate.demo_data import load_wordnet_sample
+    docs, queries = load_wordnet_sample()
+    point_of = {d["id"]: n + 1 for n, d in enumerate(docs[:N])}
+    path = tmp_path_factory.mktemp("queries") / "queries.jsonl"
+    path.write_text("".join(json.dumps({"text": q["text"], "doc_id": point_of[q["doc_id"]]}) + "\n"
+                            for q in queries if q["doc_id"] in point_of))
+    return path
+
+
 def make_job(store, corpus, tmp_path, fresh_name, monkeypatch, strategy: str, *, model="minilm",
-             batch_size=BATCH) -> Job:
+             batch_size=BATCH, **plan_options) -> Job:
     ids, old, payloads = corpus
     src = fresh_name("re")
     store.populate(src, ids, old, payloads)
     for k, v in _env(store, src).items():
         monkeypatch.setenv(k, v)
     out = commands.plan(store.uri(src), model, output=tmp_path / "plan.toml", text_field="text",
-                        pairs=150, method="ridge", checkpoint=str(tmp_path / "ckpt"), strategy=strategy)
+                        pairs=150, method="ridge", checkpoint=str(tmp_path / "ckpt"), strategy=strategy,
+                        **plan_options)
     plan = load_plan(out["plan"])
     plan.apply.batch_size = batch_size
     plan.write(out["plan"])
@@ -139,7 +173,8 @@ def _untouched(before: dict, after: dict) -> None:
 
 # --- reembed end to end, killed mid-run ---------------------------------------------------
 
-@pytest.mark.parametrize("engine_name", ["qdrant_local", "chroma_server_harness", "postgres_tcp_harness"])
+@pytest.mark.parametrize("engine_name", ["qdrant_local", "qdrant_edge_harness", "chroma_embedded_harness",
+                                         "chroma_server_harness", "postgres_tcp_harness"])
 def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minilm, tmp_path, fresh_name,
                                              monkeypatch):
     store = _store(request, engine_name)
@@ -151,9 +186,10 @@ def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minil
     wait_until(job, proc, 3 * BATCH)
     kill9(proc)
     assert 0 < job.written() < N, "the kill must land mid-run"
-    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
-    assert code == ExitCode.OK, err
-    assert json.loads(out)["step"] == "apply"
+    # the scheduler's step resumes it (in this process: a child would load the model again)
+    resumed = commands.advance(job.plan)
+    _release(store)
+    assert resumed["step"] == "apply"
 
     state = job.state
     assert state["stage"] == "applied" and state["written"] == N  # each batch counted once
@@ -162,10 +198,35 @@ def test_reembed_killed_mid_run_then_resumed(engine_name, request, corpus, minil
     assert [i for i, k in kinds.items() if k == TRANSLATED] == [str(NO_TEXT + 1)]
     _untouched(before, read_points(store, job.source_uri))
     # verify compares the target with the encoder's output, not with a translation
-    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
-    result = json.loads(out)
-    assert result["step"] == "verify" and result["ids_match"], err
+    result = commands.advance(job.plan)
+    _release(store)
+    assert result["step"] == "verify" and result["ids_match"]
     assert "written_matches_translation" not in {c["name"] for c in result["failed_checks"]}
+
+
+def test_reembed_apply_trains_by_itself(chroma_embedded_harness, corpus, minilm, tmp_path, fresh_name):
+    """No `train` step for a re-embed: apply trains first (the map for points without text
+    and the gate's held-out data), then re-embeds; translate still asks for train."""
+    from embedmigrate.errors import UsageError
+    store = chroma_embedded_harness
+    ids, old, payloads = corpus
+    src = fresh_name("re")
+    store.populate(src, ids, old, payloads)
+    for strategy in ("translate", "hybrid"):
+        out = commands.plan(store.uri(src), "minilm", output=tmp_path / f"{strategy}.toml",
+                            text_field="text", pairs=150, method="ridge", strategy=strategy)
+        with pytest.raises(UsageError, match="the translator is not trained yet"):
+            commands.apply(out["plan"], progress=False, cutover=False)
+        assert not open_collection(out["target"]).exists()
+    out = commands.plan(store.uri(src), "minilm", output=tmp_path / "plan.toml", text_field="text",
+                        pairs=150, method="ridge", checkpoint=str(tmp_path / "ckpt"), strategy="reembed")
+    result = commands.apply(out["plan"], progress=False, cutover=False)
+    assert result["ids_match"] and result["written"] == N
+    assert result["native"] == N - 1 and result["translated"] == 1
+    assert "written_matches_translation" not in {c["name"] for c in result["failed_checks"]}
+    assert (tmp_path / "plan.state" / "eval.npz").exists()  # the gate's held-out data, from training
+    before = read_points(store, store.uri(src))
+    assert_target(before, read_points(store, out["target"]), minilm, Translator.load(tmp_path / "ckpt"))
 
 
 def test_translate_strategy_writes_no_provenance(chroma_embedded_harness, corpus, tmp_path, fresh_name,
@@ -182,6 +243,24 @@ def test_translate_strategy_writes_no_provenance(chroma_embedded_harness, corpus
 def _search(store, uri: str, vector: np.ndarray, k: int = 5) -> list[str]:
     """The live collection searched with the engine's own client."""
     name = parse_uri(uri).collection
+    if store.engine == "qdrant":
+        from embedmigrate.connectors.qdrant import shared_client
+        client, lock = shared_client(store.path)
+        try:
+            with lock:
+                return [str(p.id) for p in client.query_points(name, query=vector.tolist(), limit=k).points]
+        finally:
+            _release(store)
+    if store.engine == "qdrant-edge":
+        import qdrant_edge as edge
+        from embedmigrate.connectors.qdrant_edge import shared_shard
+        shard, lock = shared_shard(os.path.join(store.store, name))
+        try:
+            with lock:
+                hits = shard.search(edge.SearchRequest(edge.Query.Nearest(vector.tolist()), limit=k))
+            return [str(h.id) for h in hits]
+        finally:
+            _release(store)
     if store.engine == "chroma":
         res = store.client().get_collection(name).query(query_embeddings=[vector.tolist()], n_results=k)
         return [str(i) for i in res["ids"][0]]
@@ -218,16 +297,56 @@ def _check_stage(store, job, before, minilm, live) -> dict:
     return kinds
 
 
-@pytest.mark.parametrize("engine_name", ["chroma_server_harness", "postgres_tcp_harness"])
+def _hand_ndcg(store, live: str, evaluation_ids: list, queries_file: Path, minilm) -> float:
+    """nDCG@10 of the labelled queries (MiniLM) over the live vectors of the evaluation
+    points, computed here from scratch: one relevant point per query, gain 1."""
+    live_points = read_points(store, live)
+    ids = [str(i) for i in evaluation_ids]
+    docs = np.stack([live_points[i][0] for i in ids])
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    records = [json.loads(line) for line in queries_file.read_text().splitlines()]
+    q = minilm.encode([r["text"] for r in records], kind="query")
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    gains = []
+    for row, r in zip(q @ docs.T, records):
+        top = [ids[k] for k in np.argsort(-row, kind="stable")[:10]]
+        hit = [n for n, i in enumerate(top) if i == str(r["doc_id"])]
+        gains.append(1 / np.log2(hit[0] + 2) if hit else 0.0)
+    return float(np.mean(gains))
+
+
+def _check_quality(status: dict, store, job: Job, live: str, queries_file: Path, minilm) -> None:
+    """status carries nDCG@10 of the live collection after the cutover and after each
+    pass; the last equals a recomputation by hand and beats the translation."""
+    quality = status["hybrid_quality"]
+    assert [q["after"] for q in quality] == [
+        "cutover (translated)", "pass 1 (killed)", "pass 2 (killed)", "pass 3 (stopped by max_docs)",
+        "pass 4"]
+    assert all(q["evidence"] == "labels" and q["queries"] == 56 for q in quality)
+    shares = [q["native_share"] for q in quality]
+    assert shares[0] == 0 and shares == sorted(shares) and shares[-1] > 0.99
+    with np.load(job.state_dir / "hybrid_eval.npz") as z:
+        evaluation_ids = json.loads(str(z["meta"]))["ids"]
+    assert len(evaluation_ids) == N  # the gate's set: the judged points and the sample (all 300 here)
+    assert quality[-1]["ndcg"] == pytest.approx(_hand_ndcg(store, live, evaluation_ids, queries_file,
+                                                           minilm), abs=1e-4)
+    assert quality[-1]["ndcg"] > quality[0]["ndcg"] + 0.05  # native MiniLM beats the 150-pair map
+    assert quality[-1]["low"] <= quality[-1]["ndcg"] <= quality[-1]["high"]
+
+
+@pytest.mark.parametrize("engine_name", ["chroma_server_harness", "postgres_tcp_harness", "qdrant_local",
+                                         "qdrant_edge_harness"])
 def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpus, minilm, tmp_path,
-                                                     fresh_name, monkeypatch):
-    store = request.getfixturevalue(engine_name)
-    job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "hybrid")
+                                                     fresh_name, monkeypatch, labelled_queries):
+    store = _store(request, engine_name)
+    job = make_job(store, corpus, tmp_path, fresh_name, monkeypatch, "hybrid",
+                   queries=str(labelled_queries), from_model="wordllama")
     before = read_points(store, job.source_uri)
     env = _env(store, parse_uri(job.source_uri).collection)
 
     # 1. translate everything, cut over (the translation's gate verdict is not the point here)
     applied = commands.apply(job.plan, progress=False, force=True)
+    _release(store)
     assert applied["cutover"] == "done" and applied["translated"] == N
     live = commands.live_target_uri(load_plan(job.plan))
     kinds = _check_stage(store, job, before, minilm, live)
@@ -244,26 +363,33 @@ def test_hybrid_translate_cutover_then_killed_passes(engine_name, request, corpu
         assert seen < native < N - 1
         seen = int(job.state["reembedded"])
 
-    # 3. a pass stopped by its budget, then one that finishes the sweep
-    code, out, err = finish(start_cli("run", job.plan, "--max-docs", "50", "--json", env=env))
-    assert code == ExitCode.OK, err
-    stopped = json.loads(out)
+    # 3. a pass stopped by its budget, then one that finishes the sweep (`run`'s steps, in
+    # this process: a child would load the model again; test_budget_stop_then_resume runs the CLI)
+    stopped = commands.advance(job.plan, budget={"max_docs": 50})
+    _release(store)
     assert stopped["step"] == "reembed_pass" and stopped["budget_exhausted"] == "max_docs"
     assert stopped["reembedded_this_pass"] >= 50 and not stopped["done"]
-    code, out, err = finish(start_cli("run", job.plan, "--json", env=env))
-    assert code == ExitCode.OK, err
-    assert json.loads(out)["done"] is True
+    finished = commands.advance(job.plan)
+    _release(store)
+    assert finished["done"] is True
     kinds = _check_stage(store, job, before, minilm, live)
     assert [i for i, k in kinds.items() if k == TRANSLATED] == [str(NO_TEXT + 1)]
 
-    code, out, err = finish(start_cli("status", job.plan, "--json", env=env))
-    status = json.loads(out)
+    from click.testing import CliRunner
+    from embedmigrate import cli
+    status = json.loads(CliRunner().invoke(cli.main, ["status", str(job.plan), "--json"]).output)
     assert status["strategy"] == "hybrid" and status["hybrid_done"] is True
     assert status["native_points"] == N - 1 and status["share_native"] == round((N - 1) / N, 4)
     assert len(status["hybrid_passes"]) == 4  # killed, killed, stopped by the budget, finished
-    # the old collection (retired by the cutover) still holds the old vectors and payloads
-    retired = applied["record"].get("retired") or applied["record"].get("retired_name")
-    _untouched(before, read_points(store, parse_uri(job.source_uri).with_collection(retired).raw))
+    _check_quality(status, store, job, live, labelled_queries, minilm)
+    out = CliRunner().invoke(cli.main, ["status", str(job.plan)]).output
+    assert "after pass 4: nDCG@10 " in out and "100% of the evaluation points re-embedded" in out, out
+    # the old collection (retired by the cutover, or left where it was) still holds the old
+    # vectors and payloads
+    from embedmigrate.connectors import connector_class
+    source = parse_uri(job.source_uri)
+    retired = connector_class(source.engine).retired_collection(applied["record"]) or source.collection
+    _untouched(before, read_points(store, source.with_collection(retired).raw))
 
 
 # --- budgets -----------------------------------------------------------------------------------
@@ -378,6 +504,57 @@ def test_http_encoder_tokens_budget(http_minilm, minilm, chroma_embedded_harness
     assert result["this_run"]["tokens"] >= 1000
     code, out, err = finish(start_cli("run", job.plan, "--json"))
     assert code == ExitCode.OK and job.state["written"] == N, err
+
+
+# --- plan prints the decision table as far as it can be priced ---------------------------------
+
+PLAN_ROADS = ["keep", "bridge", "translate", "hybrid_25", "hybrid_50", "hybrid_75", "reembed"]
+
+
+def test_plan_prints_the_decision_table(chroma_embedded_harness, corpus, tmp_path, fresh_name):
+    from click.testing import CliRunner
+    from embedmigrate import cli
+    ids, old, payloads = corpus
+    src = fresh_name("plan")
+    chroma_embedded_harness.populate(src, ids, old, payloads)
+    args = ["plan", chroma_embedded_harness.uri(src), "--to-model", "minilm", "--text-field", "text",
+            "--pairs", "150"]
+    human = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "a.toml")], catch_exceptions=False)
+    assert human.exit_code == 0, human.output
+    lines = human.output.splitlines()
+    head = next(n for n, line in enumerate(lines) if line.split()[:2] == ["road", "nDCG@10"])
+    assert [line.split()[0] for line in lines[head + 1:head + 8]] == PLAN_ROADS
+    assert lines[head + 8].strip().startswith("quality: measured by apply --dry-run after train")
+    result = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "b.toml"), "--json"],
+                                catch_exceptions=False)
+    decision = json.loads(result.output)["decision"]
+    rows = {r["road"]: r for r in decision["rows"]}
+    assert list(rows) == PLAN_ROADS and decision["recommendation"] is None
+    assert all(r["ndcg"] is None for r in rows.values())
+    assert rows["keep"]["cpu_seconds"] == 0
+    # re-embedding is timed here: 299 of 300 points have text, at MiniLM's speed on this CPU
+    assert rows["reembed"]["cpu_seconds"] > rows["hybrid_75"]["cpu_seconds"] > rows["hybrid_25"][
+        "cpu_seconds"] > rows["translate"]["cpu_seconds"] > 0
+    assert "re-embedding timed on 64 of the source's texts" in decision["cost_basis"]
+    assert "tokens_estimate" not in rows["reembed"]  # a local model spends no tokens
+
+
+def test_plan_prices_an_http_encoder_in_tokens(http_minilm, chroma_embedded_harness, corpus, tmp_path,
+                                               fresh_name):
+    server, base = http_minilm
+    ids, old, payloads = corpus
+    src = fresh_name("plan")
+    chroma_embedded_harness.populate(src, ids, old, payloads)
+    out = commands.plan(chroma_embedded_harness.uri(src), f"openai+{base}?model=minilm",
+                        output=tmp_path / "p.toml", text_field="text", pairs=150)
+    rows = {r["road"]: r for r in out["decision"]["rows"]}
+    texts = [p["text"] for p in payloads if p["text"]]
+    per_text = sum(max(1, (len(t) + 3) // 4) for t in texts) / len(texts)  # the 4-characters rule
+    assert rows["reembed"]["tokens_estimate"] == pytest.approx(len(texts) * per_text, rel=0.25)
+    assert rows["hybrid_50"]["tokens_estimate"] == pytest.approx(rows["reembed"]["tokens_estimate"] / 2,
+                                                                 rel=0.01)
+    # timed on 32 texts only: an endpoint may bill every text plan sends
+    assert "re-embedding timed on 32 of the source's texts" in out["decision"]["cost_basis"]
 
 
 # --- the plan's [strategy] ------------------------------------------------------------------------
