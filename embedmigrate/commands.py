@@ -1299,11 +1299,12 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
     vectors (provenance ``native``); ids, payloads and documents are kept. A pass
     killed or stopped by its budget goes on from the cursors next time; a finished
     sweep is final. Writes are idempotent upserts of the same point."""
-    plan = _as_plan(plan)
-    if lock is None:
-        with RunLock(plan.state_dir) as held:
-            return reembed_pass(plan, held, progress=progress, budget=budget, workers=workers)
-    state = JobState(plan.state_dir)
+    with job_of(plan, lock or True) as job:
+        return _reembed_pass(job, progress=progress, budget=budget, workers=workers)
+
+
+def _reembed_pass(job: Job, *, progress: bool, budget, workers: int | None) -> dict:
+    plan, state, lock = job.plan, job.state, job.lock
     if resolve_strategy(plan)[0] != "hybrid":
         raise UsageError("background re-embed passes belong to hybrid jobs",
                          "set [strategy] name = \"hybrid\" in the plan")
@@ -1314,7 +1315,7 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
     if hybrid.get("done"):
         return {"pass": hybrid.get("pass", 0), "done": True, **_hybrid_share(state)}
     live = live_target_uri(plan, state)
-    conn = open_collection(live)
+    conn = job.open(live)  # closed with the job
     transform = make_transform(plan, strategy="reembed", only_text=True)
     if not hybrid.get("parts"):  # a new sweep
         parts = [{"part": p, "cursor": None, "written": 0, "id_hash": 0, "done": False}
@@ -1359,7 +1360,7 @@ def reembed_pass(plan: Plan | str, lock: RunLock | None = None, *, progress: boo
         hybrid["final_counts"] = provenance_counts(conn)
     state.update(hybrid=hybrid, reembedded=sum(p["written"] for p in parts))
     result = {"pass": hybrid["pass"], "done": bool(hybrid.get("done")), "reembedded_this_pass":
-              record["native"], "live": live, **_hybrid_share(JobState(plan.state_dir))}
+              record["native"], "live": live, **_hybrid_share(state)}
     if stopped:
         result.update(budget_exhausted=stopped, message=(
             f"hybrid pass {hybrid['pass']} stopped by --{stopped.replace('_', '-')} after "
