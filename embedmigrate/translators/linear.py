@@ -39,7 +39,8 @@ import numpy as np
 
 from ..errors import DataError
 from .base import _normalise
-from .paired import _AffineMap, centre_normalise, nearest_orthogonal, orthogonal_map, side_stats
+from .affine import (_AffineMap, centre_normalise, icp_refine, knn_mean_sim, mutual_csls_pairs,
+                     nearest_orthogonal, orthogonal_map, refine, side_stats, topk_indices)
 
 
 # --- small building blocks ----------------------------------------------------------------
@@ -115,22 +116,6 @@ def relative(x: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return _normalise(r)
 
 
-def topk_indices(sims: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest entries per row (torch's topk is ~10x
-    faster than numpy's argpartition here, and torch is a dependency anyway)."""
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(sims)).topk(k, dim=1).indices.numpy()
-
-
-def topk_mean(queries: np.ndarray, pool: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """For each query row, the mean of its k most similar pool rows."""
-    k = min(k, len(pool))
-    out = np.empty((len(queries), pool.shape[1]), np.float32)
-    for s in range(0, len(queries), block):
-        out[s:s + block] = pool[topk_indices(queries[s:s + block] @ pool.T, k)].mean(axis=1)
-    return out
-
-
 def pseudo_pairs(xo, xn, ao, an, k: int, max_points: int, rng):
     """Old points paired with the mean of their k best new matches by relative
     representation (works before any map exists)."""
@@ -140,83 +125,6 @@ def pseudo_pairs(xo, xn, ao, an, k: int, max_points: int, rng):
     for s in range(0, len(idx), 2048):
         out[s:s + 2048] = xn[topk_indices(ro[s:s + 2048] @ rn.T, min(k, len(xn)))].mean(axis=1)
     return xo[idx], _normalise(out)
-
-
-def knn_mean_sim(a: np.ndarray, b: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """Mean similarity of each row of a to its k nearest rows of b (CSLS's r term)."""
-    import torch
-    out = np.empty(len(a), np.float32)
-    for s in range(0, len(a), block):
-        sims = torch.from_numpy(a[s:s + block] @ b.T)
-        out[s:s + block] = sims.topk(min(k, len(b)), dim=1).values.mean(dim=1).numpy()
-    return out
-
-
-def mutual_csls_pairs(ta: np.ndarray, b: np.ndarray, k: int = 10, block: int = 2048):
-    """Mutual nearest neighbours under CSLS (Conneau et al. 2018) between the
-    translated old points ``ta`` and the new points ``b``.
-    Returns (rows of ta, rows of b, their CSLS scores)."""
-    r_a = knn_mean_sim(ta, b, k)
-    r_b = knn_mean_sim(b, ta, k)
-    fwd = np.empty(len(ta), np.int64)
-    fwd_score = np.empty(len(ta), np.float32)
-    bwd_best = np.full(len(b), -np.inf, np.float32)
-    bwd = np.zeros(len(b), np.int64)
-    for s in range(0, len(ta), block):
-        csls = 2 * (ta[s:s + block] @ b.T) - r_a[s:s + block, None] - r_b[None, :]
-        fwd[s:s + block] = np.argmax(csls, axis=1)
-        fwd_score[s:s + block] = csls[np.arange(len(csls)), fwd[s:s + block]]
-        col_best = np.argmax(csls, axis=0)
-        col_val = csls[col_best, np.arange(len(b))]
-        better = col_val > bwd_best
-        bwd_best[better], bwd[better] = col_val[better], col_best[better] + s
-    rows = np.arange(len(ta))
-    mutual = bwd[fwd] == rows
-    return rows[mutual], fwd[mutual], fwd_score[mutual]
-
-
-def refine(xo, xn, w, iterations: int = 10, anchors=None, anchor_weight: float = 1.0,
-           k: int = 10, seed: int = 0, max_points: int = 20000):
-    """Procrustes on mutual CSLS nearest neighbours, repeated (MUSE refinement).
-    ``anchors`` = (old, new) known pairs that always stay in the dictionary.
-    Returns (w, history of the mutual-NN rate)."""
-    rng = np.random.default_rng(seed)
-    xo = xo[rng.permutation(len(xo))[:max_points]]
-    xn = xn[rng.permutation(len(xn))[:max_points]]
-    history = []
-    for _ in range(iterations):
-        i, j, _ = mutual_csls_pairs(xo @ w, xn, k)
-        history.append(len(i) / len(xo))
-        a, b, wt = xo[i], xn[j], np.ones(len(i), np.float32)
-        if anchors is not None:
-            a = np.concatenate([a, anchors[0]])
-            b = np.concatenate([b, anchors[1]])
-            wt = np.concatenate([wt, np.full(len(anchors[0]), anchor_weight, np.float32)])
-        if len(a) < 2:
-            break
-        w = orthogonal_map(a, b, wt)
-    return w, history
-
-
-def icp_refine(xo, xn, w, iterations: int, batch: int, k: int, rng, damping: float = 0.5,
-               pool: int = 10000):
-    """mini-vec2vec's first refinement: map a random batch, pair each point with
-    the mean of its k nearest new points (among a random pool of the new
-    sample, which halves the cost at 20k), Procrustes, damped update."""
-    for _ in range(iterations):
-        b = xo[rng.choice(len(xo), min(batch, len(xo)), replace=False)]
-        p = xn[rng.choice(len(xn), pool, replace=False)] if len(xn) > pool else xn
-        target = _normalise(topk_mean(b @ w, p, k))
-        w = nearest_orthogonal((1 - damping) * w + damping * orthogonal_map(b, target))
-    return w
-
-
-def translation_score(pred: np.ndarray, true: np.ndarray) -> dict:
-    """Cosine and top-1 among the given rows (for held-out *pairs*)."""
-    p, t = _normalise(pred), _normalise(true)
-    sims = p @ t.T
-    return {"cos": float(np.mean(np.sum(p * t, axis=1))),
-            "top1": float(np.mean(np.argmax(sims, axis=1) == np.arange(len(p))))}
 
 
 # --- label-free diagnostics ----------------------------------------------------------------
