@@ -138,3 +138,15 @@ def test_unknown_seeding_is_refused():
     old, new, _, _ = clustered_world(0)
     with pytest.raises(DataError, match="seeding"):
         make_translator("linear", seeding="magic", **FAST).fit(old, new)
+
+
+def test_csls_terms_in_one_pass_equal_the_two_neighbourhood_means():
+    """The one-pass CSLS terms (speed, issue #13) equal the two separate
+    k-nearest means, across block boundaries and with unequal sides."""
+    from embedmigrate.translators.affine import csls_terms, knn_mean_sim
+    rng = np.random.default_rng(0)
+    a = _normalise(rng.standard_normal((2500, 24)).astype(np.float32))
+    b = _normalise(rng.standard_normal((1800, 24)).astype(np.float32))
+    r_a, r_b = csls_terms(a, b, 10, block=700)
+    assert np.allclose(r_a, knn_mean_sim(a, b, 10), atol=1e-6)
+    assert np.allclose(r_b, knn_mean_sim(b, a, 10), atol=1e-6)

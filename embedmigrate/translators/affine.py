@@ -132,12 +132,30 @@ def knn_mean_sim(a: np.ndarray, b: np.ndarray, k: int, block: int = 2048) -> np.
     return out
 
 
-def mutual_csls_pairs(ta: np.ndarray, b: np.ndarray, k: int = 10, block: int = 2048):
+def csls_terms(a: np.ndarray, b: np.ndarray, k: int, block: int = 2048):
+    """CSLS's two neighbourhood terms, knn_mean_sim(a, b, k) and
+    knn_mean_sim(b, a, k), from one pass over a @ b.T (each block's column
+    top-k merged into a running one) instead of two: the similarity products
+    are most of an unsupervised fit's time."""
+    import torch
+    k_b, k_a = min(k, len(b)), min(k, len(a))
+    r_a = np.empty(len(a), np.float32)
+    col_top = None  # (k_a, len(b)): the k best similarities of each b row seen so far
+    for s in range(0, len(a), block):
+        sims = torch.from_numpy(a[s:s + block] @ b.T)
+        r_a[s:s + block] = sims.topk(k_b, dim=1).values.mean(dim=1).numpy()
+        block_top = sims.topk(min(k_a, len(sims)), dim=0).values
+        col_top = block_top if col_top is None else \
+            torch.cat([col_top, block_top]).topk(min(k_a, len(col_top) + len(block_top)), dim=0).values
+    return r_a, col_top.mean(dim=0).numpy()
+
+
+def mutual_csls_pairs(ta: np.ndarray, b: np.ndarray, k: int = 10, block: int = 2048, terms=None):
     """Mutual nearest neighbours under CSLS (Conneau et al. 2018) between the
-    translated old points ``ta`` and the new points ``b``.
-    Returns (rows of ta, rows of b, their CSLS scores)."""
-    r_a = knn_mean_sim(ta, b, k)
-    r_b = knn_mean_sim(b, ta, k)
+    translated old points ``ta`` and the new points ``b`` (``terms``: their
+    csls_terms, when the caller has them). Returns (rows of ta, rows of b,
+    their CSLS scores)."""
+    r_a, r_b = terms if terms is not None else csls_terms(ta, b, k, block)
     fwd = np.empty(len(ta), np.int64)
     fwd_score = np.empty(len(ta), np.float32)
     bwd_best = np.full(len(b), -np.inf, np.float32)

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import DataError, MissingDependencyError
 from .base import _normalise
-from .affine import (_AffineMap, centre_normalise, icp_refine, knn_mean_sim, mutual_csls_pairs,
+from .affine import (_AffineMap, centre_normalise, csls_terms, icp_refine, mutual_csls_pairs,
                      nearest_orthogonal, orthogonal_map, refine, side_stats, topk_indices)
 
 
@@ -138,22 +138,24 @@ def fit_score(xo: np.ndarray, xn: np.ndarray, w: np.ndarray, k: int = 10) -> dic
     mean similarity of a translated point to its k nearest new points, and the
     share of translated points that are mutual CSLS neighbours of a new point."""
     t = xo @ w
-    i, _, csls = mutual_csls_pairs(t, xn, k)
-    return {"knn_sim": float(knn_mean_sim(t, xn, k).mean()),
+    terms = csls_terms(t, xn, k)
+    i, _, csls = mutual_csls_pairs(t, xn, k, terms=terms)
+    return {"knn_sim": float(terms[0].mean()),
             "mutual_nn": float(len(i) / len(xo)),
             "csls": float(csls.mean()) if len(csls) else 0.0}
 
 
-def best_csls(queries: np.ndarray, pool: np.ndarray, k: int = 10, block: int = 1024) -> np.ndarray:
-    """Per query, the CSLS score (Conneau et al. 2018) of its best pool match:
-    how much closer it is than the two neighbourhoods' typical similarity.
-    A query lost in a crowd, or matched to a hub, scores ~0."""
-    r_q = knn_mean_sim(queries, pool, k)
-    r_p = knn_mean_sim(pool, queries, k)
+def knn_and_best_csls(queries: np.ndarray, pool: np.ndarray, k: int = 10,
+                      block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: the mean similarity to its k nearest pool points (knn_sim),
+    and the CSLS score (Conneau et al. 2018) of its best pool match: how much
+    closer it is than the two neighbourhoods' typical similarity (a query lost
+    in a crowd, or matched to a hub, scores ~0). Both from one csls_terms pass."""
+    r_q, r_p = csls_terms(queries, pool, k)
     out = np.empty(len(queries), np.float64)
     for s in range(0, len(queries), block):
         out[s:s + block] = np.max(2 * (queries[s:s + block] @ pool.T) - r_p[None, :], axis=1)
-    return out - r_q
+    return r_q.astype(np.float64), out - r_q
 
 
 def _gain_over_rival(s_map: np.ndarray, s_rival: np.ndarray, s_natural: np.ndarray) -> tuple:
@@ -218,14 +220,16 @@ def confidence_of_translations(translated: np.ndarray, rivals: dict, xn_ref: np.
     rival (name -> its translation of the same held-back old points) are
     compared in the new space (vec2vec uses it with a null run)."""
     t = _normalise(translated)
-    stat = {"knn_sim": lambda x: knn_mean_sim(x, xn_pool, k).astype(np.float64),
-            "csls": lambda x: best_csls(x, xn_pool, k)}
-    mine = {s: f(t) for s, f in stat.items()}
-    natural = {s: f(xn_ref) for s, f in stat.items()}
+    stat = ("knn_sim", "csls")
+
+    def stats(x):
+        return dict(zip(stat, knn_and_best_csls(x, xn_pool, k)))
+
+    mine, natural = stats(t), stats(xn_ref)
     minimum = {"csls": min_csls_gain, "knn_sim": min_knn_gain}
     report, aligned = {}, bool(rivals)
     for name, rival_t in rivals.items():
-        rival = {s: f(_normalise(rival_t)) for s, f in stat.items()}
+        rival = stats(_normalise(rival_t))
         report[name] = {}
         for s in stat:
             gain, z = _gain_over_rival(mine[s], rival[s], natural[s])
