@@ -4,8 +4,12 @@
     python benchmarks/translate_quality.py --methods linear --directions minilm-mpnet
     python benchmarks/translate_quality.py --methods ...,vec2vec --vec2vec-seconds 600
     python benchmarks/translate_quality.py --directions wordllama-minilm,minilm-e5 \
-        --methods native,procrustes,ridge,auto,linear --pairs 100,300,1000 \
-        --pairs-for '{"auto": "1000"}' --out docs/translate_quality_cross.md   # cross-family
+        --methods native,procrustes,ridge,auto,linear@graph,linear@vecmap,linear@gw \
+        --pairs 100,300,1000 --pairs-for '{"auto": "100,300,1000", "ridge": "1000"}' \
+        --out docs/translate_quality_cross.md   # cross-family
+
+``method@seeding`` is the linear translator with that seeding (graph, vecmap,
+gw, both): one row per seeding.
 
 Any pair of minilm, mpnet, e5, wordllama is a direction ("old-new"). Rows with
 a label-free verdict (``aligned``) get the truth next to it: aligned when the
@@ -67,11 +71,12 @@ def _fit_child(data, old_name, new_name, method, k, options, ckpt, queue):
         old = load(data, old_name, rows=slice(0, OLD_END))
         new = load(data, new_name, rows=slice(OLD_END, NEW_END))
         pairs = (old[:k], load(data, new_name, rows=slice(0, k))) if k else None
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         t = make_translator(method, **options).fit(old, new, pairs=pairs)
-        seconds = time.time() - t0
+        seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
         t.save(ckpt)
-        queue.put({"ok": True, "seconds": seconds, "peak_rss_mb": peak_rss_mb()})
+        queue.put({"ok": True, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                   "peak_rss_mb": peak_rss_mb()})
     except Exception as e:  # report, the parent prints it in the table
         queue.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
 
@@ -89,8 +94,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def fit_isolated(data, old_name, new_name, method, k, options, workdir) -> dict:
-    ckpt = Path(workdir) / f"{method}-{k}"
+def fit_isolated(data, old_name, new_name, method, k, options, workdir, tag: str = "") -> dict:
+    ckpt = Path(workdir) / f"{method}{'-' + tag if tag else ''}-{k}"
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_fit_child, args=(str(data), old_name, new_name, method, k,
@@ -192,21 +197,26 @@ def run_direction(args, direction: str, workdir: Path) -> list[dict]:
             add("optimal assignment oracle (Hungarian, zero-padded)", 0,
                 **bench.oracle_assignment())
             continue
+        method, _, seeding = method.partition("@")  # linear@gw: the linear translator, gw seeding
+        label = f"{method} ({seeding} seeding)" if seeding else method
         pair_list = args.pairs_for.get(method, args.pairs)
         ks = [int(k) for k in pair_list.split(",")] if method in PAIRED else [0]
         for k in ks:
             options = dict(args.options.get(method, {}))
+            if seeding:
+                options["seeding"] = seeding
             if method == "vec2vec" and args.vec2vec_seconds:
                 options.setdefault("max_seconds", args.vec2vec_seconds)
             try:
                 from embedmigrate.translators import translator_class
                 translator_class(method)
             except Exception as e:
-                add(method, k, note=f"skipped: {e}")
+                add(label, k, note=f"skipped: {e}")
                 continue
-            fit = fit_isolated(args.data, old_name, new_name, method, k, options, workdir)
+            fit = fit_isolated(args.data, old_name, new_name, method, k, options, workdir,
+                               tag=seeding)
             if not fit["ok"]:
-                add(method, k, note=f"failed: {fit['error']}")
+                add(label, k, note=f"failed: {fit['error']}")
                 continue
             t = Translator.load(fit["checkpoint"])
             extra = {}
@@ -219,7 +229,7 @@ def run_direction(args, direction: str, workdir: Path) -> list[dict]:
             scores = bench.evaluate(t)
             if "aligned" in extra:
                 extra["truth"] = scores["top1"] >= TRUE_TOP1
-            add(method, k, **scores, seconds=fit["seconds"],
+            add(label, k, **scores, seconds=fit["seconds"], cpu_seconds=fit["cpu_seconds"],
                 peak_rss_mb=fit["peak_rss_mb"], **extra)
     return rows
 
@@ -258,9 +268,9 @@ def markdown(results: dict, command: str, seconds: float, loads=("?", "?")) -> s
              "Findings, targets missed and what was tried: "
              "[translate_quality_notes.md](translate_quality_notes.md).", ""]
     cols = ["method", "pairs", "cos", "top1", "mean_rank", "r10_retained", "ndcg@10", "recall@10",
-            "seconds", "peak_rss_mb", "aligned", "truth", "note"]
+            "seconds", "cpu_seconds", "peak_rss_mb", "aligned", "truth", "note"]
     head = ["method", "pairs", "cos", "top-1", "mean rank", "R@10 retained", "nDCG@10",
-            "recall@10", "fit s", "peak RSS MB", "aligned (label-free)",
+            "recall@10", "fit s", "fit CPU s", "peak RSS MB", "aligned (label-free)",
             f"truth (top-1 ≥ {TRUE_TOP1})", "note"]
     for direction, rows in results.items():
         old, new = DIRECTIONS[direction]
@@ -270,7 +280,7 @@ def markdown(results: dict, command: str, seconds: float, loads=("?", "?")) -> s
             cells = []
             for c in cols:
                 v = r.get(c)
-                cells.append(fmt(v, 2 if c in ("mean_rank",) else 1 if c in ("seconds", "peak_rss_mb") else 3))
+                cells.append(fmt(v, 2 if c in ("mean_rank",) else 1 if c in ("seconds", "cpu_seconds", "peak_rss_mb") else 3))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -289,7 +299,7 @@ def plot(results: dict, path: Path):
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=method)
         for r in rows:
-            if r["method"] in ("linear", "vec2vec") and r.get("r10_retained") is not None:
+            if r["method"].split(" ")[0] in ("linear", "vec2vec") and r.get("r10_retained") is not None:
                 ax.axhline(r["r10_retained"], ls="--", color="k" if r["method"] == "linear" else "r",
                            label=f"{r['method']} (0 pairs)")
         ax.set_xscale("log")

@@ -98,8 +98,9 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
     evidence_found = _check_evidence_inputs(p, src, info)
     if not group_field and not evidence_found.get("labels"):
         p.group_proposal = evidence_found.get("proposal") or {}
+    n_weak = n_new if from_model and not n_pairs else 0  # train encodes these with the old model too
     p.estimate = estimate(info.count, info.dim, encoder.dim, n_old, n_pairs + n_new, speed, method,
-                          n_pairs)
+                          n_pairs, n_weak, _encode_speed(open_encoder(from_model)) if n_weak else None)
     p.strategy.name = strategy
     p.strategy.reason = resolve_strategy(p)[1]
     decision = plan_decision(p, src, info, encoder)
@@ -202,9 +203,18 @@ FIT_SECONDS_PER_10K = {"linear": 75.0, "vec2vec": 1800.0, "mlp": 60.0, "semi": 3
 
 
 def estimate(count: int, old_dim: int, new_dim: int, n_old: int, n_texts: int,
-             texts_per_s: float | None, method: str, n_pairs: int) -> dict:
-    """Rough time / memory / disk figures for the plan (CPU measured by a probe; GPU assumed)."""
+             texts_per_s: float | None, method: str, n_pairs: int, weak_pairs: int = 0,
+             old_texts_per_s: float | None = None) -> dict:
+    """Rough time / memory / disk figures for the plan (CPU measured by a probe; GPU assumed).
+    ``weak_pairs``: fresh texts that train also encodes with the old model (no stored
+    texts, the old model named): old-model encoding time (at ``old_texts_per_s``, the
+    new model's speed when unknown), and pairs for the method ``auto`` will pick."""
     encode_s = 0.0 if texts_per_s is None else n_texts / max(texts_per_s, 1e-6)
+    old_speed = old_texts_per_s or texts_per_s
+    if weak_pairs and old_speed:
+        encode_s += weak_pairs / max(old_speed, 1e-6)
+    held = min(WEAK_HOLDOUT, weak_pairs // 5) if weak_pairs >= 50 else 0  # as _add_weak_pairs
+    n_pairs = n_pairs + weak_pairs - held
     eff = method if method != "auto" else ("procrustes" if n_pairs >= 1000 else "semi" if n_pairs else "linear")
     fit_s = FIT_SECONDS_PER_10K.get(eff, 5.0) * max(n_old, 10000) / 10000
     apply_rate = 3000.0  # vectors/s, conservative; see docs/benchmarks.md per engine
@@ -218,6 +228,7 @@ def estimate(count: int, old_dim: int, new_dim: int, n_old: int, n_texts: int,
         "train_memory_mb": round((n_old * old_dim + (n_texts + n_old) * new_dim) * 4 * 4 / 2**20),
         "target_disk_mb": round(count * bytes_per_vec * 1.5 / 2**20),
         "method_expected": eff,
+        "encode_texts_old_model": weak_pairs,
     }
 
 

@@ -19,9 +19,9 @@ from embedmigrate.errors import DataError, EmbedMigrateError, NotFoundError
 from embedmigrate.metrics import rank_metrics, recall_retained
 from embedmigrate.translators import Translator, make_translator
 from embedmigrate.translators.base import _normalise
-from embedmigrate.translators.linear import (UnsupervisedLinear, alignment_confidence,
-                                             icp_refine, random_rotation, refine)
-from embedmigrate.translators.paired import centre_normalise, orthogonal_map, side_stats
+from embedmigrate.translators.affine import (centre_normalise, icp_refine, orthogonal_map, refine,
+                                             side_stats)
+from embedmigrate.translators.linear import UnsupervisedLinear, alignment_confidence, random_rotation
 
 
 # --- synthetic data ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Unsupervised seeding of the linear translator (issue #13): today's matched
-cluster graphs and VecMap's signatures + stochastic dictionary induction.
+cluster graphs, VecMap's signatures + stochastic dictionary induction, and
+Gromov-Wasserstein (POT) between weighted centroids of sampled points.
 
 Each seeding must recover a hidden rotation plus noise of clustered data, and
 the label-free verdict must refuse what has no correspondence: samples from
@@ -12,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedmigrate.errors import DataError
+from embedmigrate.errors import DataError, MissingDependencyError
 from embedmigrate.metrics import rank_metrics
 from embedmigrate.translators import make_translator
 from embedmigrate.translators.base import _normalise
-from embedmigrate.translators.linear import (csls_matrix, iterative_normalise,
+from embedmigrate.translators.linear import (csls_matrix, gw_seed, iterative_normalise,
                                              similarity_signatures, vecmap_seed)
 
 FAST = dict(restarts=2, anchor_runs=4, qap_restarts=5, anchor_subsample=2000, screen_iterations=8,
@@ -49,7 +50,7 @@ def clustered_world(seed: int, d_old=32, d_new=48, n=2000, noise=0.02):
     return texts(n), encode(texts(n)), held, encode(held)
 
 
-@pytest.mark.parametrize("seeding", ["graph", "vecmap", "both"])
+@pytest.mark.parametrize("seeding", ["graph", "vecmap", "gw", "both"])
 def test_each_seeding_recovers_a_hidden_rotation(seeding):
     old, new, held_old, held_new = clustered_world(0)
     t = make_translator("linear", seeding=seeding, **FAST).fit(old, new)
@@ -73,7 +74,7 @@ def test_vecmap_seed_alone_finds_the_map():
     assert report["points"] == 1500
 
 
-@pytest.mark.parametrize("seeding", ["graph", "vecmap"])
+@pytest.mark.parametrize("seeding", ["graph", "vecmap", "gw"])
 def test_mismatched_domains_are_refused(seeding):
     old, _, _, _ = clustered_world(0)
     _, other_new, _, _ = clustered_world(7)  # another world: no correspondence
@@ -81,13 +82,34 @@ def test_mismatched_domains_are_refused(seeding):
     assert t.meta["confidence"]["aligned"] is False, t.meta["confidence"]
 
 
-@pytest.mark.parametrize("seeding", ["graph", "vecmap"])
+@pytest.mark.parametrize("seeding", ["graph", "vecmap", "gw"])
 def test_column_shuffled_new_sample_is_refused(seeding):
     old, new, _, _ = clustered_world(0)
     rng = np.random.default_rng(3)
     shuffled = np.stack([rng.permutation(new[:, j]) for j in range(new.shape[1])], axis=1)
     t = make_translator("linear", seeding=seeding, **FAST).fit(old, _normalise(shuffled))
     assert t.meta["confidence"]["aligned"] is False, t.meta["confidence"]
+
+
+def test_gw_seed_alone_finds_the_map():
+    """The Gromov-Wasserstein coupling of the two clouds' weighted centroids,
+    turned into a map before any refinement, lands near the hidden map."""
+    old, new, held_old, held_new = clustered_world(1)
+    mu_o, mu_n = old.mean(0), new.mean(0)
+    w, report = gw_seed(_normalise(old - mu_o), _normalise(new - mu_n), 2000,
+                        np.random.default_rng(0))
+    pred = _normalise(_normalise(held_old - mu_o) @ w)
+    assert rank_metrics(pred, _normalise(held_new - mu_n))["top1"] >= 0.5
+    assert report["points"] == 2000 and report["gw_loss"] >= 0
+
+
+def test_gw_seeding_without_pot_names_the_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "ot", None)  # what an environment without POT imports
+    old, new, _, _ = clustered_world(0)
+    with pytest.raises(MissingDependencyError, match="pot") as err:
+        make_translator("linear", seeding="gw", **FAST).fit(old, new)
+    assert "embedmigrate[ot]" in err.value.fix
 
 
 def test_joint_knn_modularity_separates_mixed_from_apart():
@@ -116,3 +138,15 @@ def test_unknown_seeding_is_refused():
     old, new, _, _ = clustered_world(0)
     with pytest.raises(DataError, match="seeding"):
         make_translator("linear", seeding="magic", **FAST).fit(old, new)
+
+
+def test_csls_terms_in_one_pass_equal_the_two_neighbourhood_means():
+    """The one-pass CSLS terms (speed, issue #13) equal the two separate
+    k-nearest means, across block boundaries and with unequal sides."""
+    from embedmigrate.translators.affine import csls_terms, knn_mean_sim
+    rng = np.random.default_rng(0)
+    a = _normalise(rng.standard_normal((2500, 24)).astype(np.float32))
+    b = _normalise(rng.standard_normal((1800, 24)).astype(np.float32))
+    r_a, r_b = csls_terms(a, b, 10, block=700)
+    assert np.allclose(r_a, knn_mean_sim(a, b, 10), atol=1e-6)
+    assert np.allclose(r_b, knn_mean_sim(b, a, 10), atol=1e-6)

@@ -70,6 +70,22 @@ def test_train_uses_weak_pairs_from_the_old_model(qdrant_local_harness, wordnet,
     assert top1 > 0.3
 
 
+def test_plan_estimate_counts_the_old_model_encoding(qdrant_local_harness, wordnet, tmp_path,
+                                                     fresh_name):
+    """The plan-time estimate knows train will encode the fresh texts with the
+    old model too, and that auto will then have pairs (not fit unsupervised)."""
+    from embedmigrate.plan import load_plan
+    n_fresh = len(wordnet["fresh"])
+    with_old = load_plan(textless_plan(qdrant_local_harness, wordnet, tmp_path, fresh_name)).estimate
+    assert with_old["encode_texts_old_model"] == n_fresh
+    used = n_fresh - min(commands.WEAK_HOLDOUT, n_fresh // 5)
+    assert with_old["method_expected"] == ("procrustes" if used >= 1000 else "semi")
+    (tmp_path / "plan.toml").unlink()
+    without = load_plan(textless_plan(qdrant_local_harness, wordnet, tmp_path, fresh_name,
+                                      from_model="")).estimate
+    assert without["encode_texts_old_model"] == 0 and without["method_expected"] == "linear"
+
+
 def test_old_model_of_the_wrong_dimension_is_refused(qdrant_local_harness, wordnet, tmp_path,
                                                      fresh_name):
     plan = textless_plan(qdrant_local_harness, wordnet, tmp_path, fresh_name, from_model="sre")

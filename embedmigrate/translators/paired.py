@@ -28,28 +28,11 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Translator, _normalise
+from .affine import (_AffineMap, centre_normalise, icp_refine, orthogonal_map, refine, ridge_loo,
+                     side_stats, translation_score)
 
 
-# --- shared linear algebra ------------------------------------------------------------
-
-def orthogonal_map(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """W minimising ||a W - b|| with W W^T = I (or W^T W = I): orthogonal
-    Procrustes. With different widths W is semi-orthogonal, which equals
-    zero-padding the narrower side and taking the full orthogonal solution."""
-    m = (a * weights[:, None]).T @ b if weights is not None else a.T @ b
-    u, _, vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
-    return (u @ vt).astype(np.float32)
-
-
-def nearest_orthogonal(w: np.ndarray) -> np.ndarray:
-    """Project a matrix back onto the (semi-)orthogonal ones."""
-    u, _, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
-    return (u @ vt).astype(np.float32)
-
-
-def centre_normalise(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    return _normalise(_normalise(x) - mu)
-
+# --- pairs -----------------------------------------------------------------------------
 
 def need_pairs(method: str, pairs, minimum: int):
     if pairs is None:
@@ -70,50 +53,6 @@ def split_holdout(n: int, fraction: float, seed: int, min_holdout: int = 5):
     if n_hold < min_holdout or n - n_hold < min_holdout:
         return order, order[:0]
     return order[n_hold:], order[:n_hold]
-
-
-# --- the common affine family ------------------------------------------------------------
-
-class _AffineMap(Translator):
-    """translate(x) = normalise(scale_new * prep(x) @ W + mu_new); see module doc."""
-
-    renormalise = True  # orthogonal family: rotate centred *directions*
-    unit_input = True   # cosine geometry: inputs are normalised first
-
-    def _set_map(self, mu_old, mu_new, w, w_inv, scale_old=1.0, scale_new=1.0):
-        self.mu_old = np.asarray(mu_old, np.float32)
-        self.mu_new = np.asarray(mu_new, np.float32)
-        self.w = np.asarray(w, np.float32)
-        self.w_inv = np.asarray(w_inv, np.float32)
-        self.scale_old = np.float32(scale_old)
-        self.scale_new = np.float32(scale_new)
-
-    def _prep(self, x, mu):
-        x = (_normalise(x) if self.unit_input else x) - mu
-        return _normalise(x) if self.renormalise else x
-
-    def _translate(self, x):
-        return _normalise(self.scale_new * (self._prep(x, self.mu_old) @ self.w) + self.mu_new)
-
-    def _inverse(self, y):
-        return _normalise(self.scale_old * (self._prep(y, self.mu_new) @ self.w_inv) + self.mu_old)
-
-    def _state(self):
-        return {"mu_old": self.mu_old, "mu_new": self.mu_new, "w": self.w, "w_inv": self.w_inv,
-                "scales": np.array([self.scale_old, self.scale_new], np.float32)}
-
-    def _load_state(self, state):
-        self._set_map(state["mu_old"], state["mu_new"], state["w"], state["w_inv"],
-                      *state["scales"].tolist())
-
-
-def side_stats(x: np.ndarray):
-    """Mean of the normalised sample, and the typical norm of a centred row
-    (used to put the mean back at the right weight after mapping)."""
-    x = _normalise(x)
-    mu = x.mean(axis=0)
-    scale = float(np.mean(np.linalg.norm(x - mu, axis=1)))
-    return mu, scale
 
 
 # --- controls ------------------------------------------------------------------------
@@ -176,25 +115,6 @@ class Procrustes(_AffineMap):
             mu_old, mu_new, s_old, s_new = mu_old * 0, mu_new * 0, 1.0, 1.0
         w = orthogonal_map(centre_normalise(po, mu_old), centre_normalise(pn, mu_new))
         self._set_map(mu_old, mu_new, w, w.T, s_old, s_new)
-
-
-def ridge_loo(x: np.ndarray, y: np.ndarray, alphas) -> tuple[np.ndarray, float, dict]:
-    """Ridge y ~ x W on centred data with alpha picked by exact leave-one-out
-    error (closed form through the SVD of x: no refitting per fold)."""
-    u, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
-    uty = u.T @ y.astype(np.float64)
-    s2 = s ** 2
-    y64 = y.astype(np.float64)
-    errors = {}
-    for a in alphas:
-        f = s2 / (s2 + a)
-        fitted = u @ (f[:, None] * uty)
-        h = (u ** 2) @ f  # diagonal of the hat matrix
-        loo = (y64 - fitted) / np.maximum(1.0 - h, 1e-6)[:, None]
-        errors[float(a)] = float(np.mean(np.sum(loo ** 2, axis=1)))
-    best = min(errors, key=errors.get)
-    w = vt.T @ ((s / (s2 + best))[:, None] * uty)
-    return w.astype(np.float32), best, errors
 
 
 class Ridge(_AffineMap):
@@ -373,8 +293,6 @@ class SemiSupervised(_AffineMap):
         seed: int = 0
 
     def _fit(self, old, new, pairs):
-        from .linear import icp_refine, refine, translation_score
-
         po, pn = need_pairs(self.method, pairs, self.config.min_pairs)
         mu_old, s_old = side_stats(np.concatenate([old, po]))
         mu_new, s_new = side_stats(np.concatenate([new, pn]))

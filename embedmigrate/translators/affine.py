@@ -1,0 +1,217 @@
+"""The affine / orthogonal building blocks every linear translator shares.
+
+The paired translators (``paired.py``) and the unsupervised one
+(``linear.py``) both use them; they live here so that neither module
+imports the other:
+
+    _AffineMap          translate(x) = normalise(scale_new * prep(x) @ W + mu_new)
+    orthogonal_map      orthogonal Procrustes (weighted), nearest_orthogonal
+    centre_normalise, side_stats
+    ridge_loo           ridge with alpha by exact leave-one-out
+    icp_refine, refine  refinement on unpaired clouds (ICP to k-NN means,
+                        Procrustes on mutual CSLS nearest neighbours)
+    topk_indices, topk_mean, knn_mean_sim, mutual_csls_pairs, translation_score
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Translator, _normalise
+
+
+# --- shared linear algebra ------------------------------------------------------------
+
+def orthogonal_map(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """W minimising ||a W - b|| with W W^T = I (or W^T W = I): orthogonal
+    Procrustes. With different widths W is semi-orthogonal, which equals
+    zero-padding the narrower side and taking the full orthogonal solution."""
+    m = (a * weights[:, None]).T @ b if weights is not None else a.T @ b
+    u, _, vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
+    return (u @ vt).astype(np.float32)
+
+
+def nearest_orthogonal(w: np.ndarray) -> np.ndarray:
+    """Project a matrix back onto the (semi-)orthogonal ones."""
+    u, _, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    return (u @ vt).astype(np.float32)
+
+
+def centre_normalise(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    return _normalise(_normalise(x) - mu)
+
+
+# --- the common affine family ------------------------------------------------------------
+
+class _AffineMap(Translator):
+    """translate(x) = normalise(scale_new * prep(x) @ W + mu_new); see module doc."""
+
+    renormalise = True  # orthogonal family: rotate centred *directions*
+    unit_input = True   # cosine geometry: inputs are normalised first
+
+    def _set_map(self, mu_old, mu_new, w, w_inv, scale_old=1.0, scale_new=1.0):
+        self.mu_old = np.asarray(mu_old, np.float32)
+        self.mu_new = np.asarray(mu_new, np.float32)
+        self.w = np.asarray(w, np.float32)
+        self.w_inv = np.asarray(w_inv, np.float32)
+        self.scale_old = np.float32(scale_old)
+        self.scale_new = np.float32(scale_new)
+
+    def _prep(self, x, mu):
+        x = (_normalise(x) if self.unit_input else x) - mu
+        return _normalise(x) if self.renormalise else x
+
+    def _translate(self, x):
+        return _normalise(self.scale_new * (self._prep(x, self.mu_old) @ self.w) + self.mu_new)
+
+    def _inverse(self, y):
+        return _normalise(self.scale_old * (self._prep(y, self.mu_new) @ self.w_inv) + self.mu_old)
+
+    def _state(self):
+        return {"mu_old": self.mu_old, "mu_new": self.mu_new, "w": self.w, "w_inv": self.w_inv,
+                "scales": np.array([self.scale_old, self.scale_new], np.float32)}
+
+    def _load_state(self, state):
+        self._set_map(state["mu_old"], state["mu_new"], state["w"], state["w_inv"],
+                      *state["scales"].tolist())
+
+
+def side_stats(x: np.ndarray):
+    """Mean of the normalised sample, and the typical norm of a centred row
+    (used to put the mean back at the right weight after mapping)."""
+    x = _normalise(x)
+    mu = x.mean(axis=0)
+    scale = float(np.mean(np.linalg.norm(x - mu, axis=1)))
+    return mu, scale
+
+
+def ridge_loo(x: np.ndarray, y: np.ndarray, alphas) -> tuple[np.ndarray, float, dict]:
+    """Ridge y ~ x W on centred data with alpha picked by exact leave-one-out
+    error (closed form through the SVD of x: no refitting per fold)."""
+    u, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    uty = u.T @ y.astype(np.float64)
+    s2 = s ** 2
+    y64 = y.astype(np.float64)
+    errors = {}
+    for a in alphas:
+        f = s2 / (s2 + a)
+        fitted = u @ (f[:, None] * uty)
+        h = (u ** 2) @ f  # diagonal of the hat matrix
+        loo = (y64 - fitted) / np.maximum(1.0 - h, 1e-6)[:, None]
+        errors[float(a)] = float(np.mean(np.sum(loo ** 2, axis=1)))
+    best = min(errors, key=errors.get)
+    w = vt.T @ ((s / (s2 + best))[:, None] * uty)
+    return w.astype(np.float32), best, errors
+
+
+# --- refinement on unpaired clouds -------------------------------------------------------
+
+def topk_indices(sims: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest entries per row (torch's topk is ~10x
+    faster than numpy's argpartition here, and torch is a dependency anyway)."""
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(sims)).topk(k, dim=1).indices.numpy()
+
+
+def topk_mean(queries: np.ndarray, pool: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """For each query row, the mean of its k most similar pool rows."""
+    k = min(k, len(pool))
+    out = np.empty((len(queries), pool.shape[1]), np.float32)
+    for s in range(0, len(queries), block):
+        out[s:s + block] = pool[topk_indices(queries[s:s + block] @ pool.T, k)].mean(axis=1)
+    return out
+
+
+def knn_mean_sim(a: np.ndarray, b: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """Mean similarity of each row of a to its k nearest rows of b (CSLS's r term)."""
+    import torch
+    out = np.empty(len(a), np.float32)
+    for s in range(0, len(a), block):
+        sims = torch.from_numpy(a[s:s + block] @ b.T)
+        out[s:s + block] = sims.topk(min(k, len(b)), dim=1).values.mean(dim=1).numpy()
+    return out
+
+
+def csls_terms(a: np.ndarray, b: np.ndarray, k: int, block: int = 2048):
+    """CSLS's two neighbourhood terms, knn_mean_sim(a, b, k) and
+    knn_mean_sim(b, a, k), from one pass over a @ b.T (each block's column
+    top-k merged into a running one) instead of two: the similarity products
+    are most of an unsupervised fit's time."""
+    import torch
+    k_b, k_a = min(k, len(b)), min(k, len(a))
+    r_a = np.empty(len(a), np.float32)
+    col_top = None  # (k_a, len(b)): the k best similarities of each b row seen so far
+    for s in range(0, len(a), block):
+        sims = torch.from_numpy(a[s:s + block] @ b.T)
+        r_a[s:s + block] = sims.topk(k_b, dim=1).values.mean(dim=1).numpy()
+        block_top = sims.topk(min(k_a, len(sims)), dim=0).values
+        col_top = block_top if col_top is None else \
+            torch.cat([col_top, block_top]).topk(min(k_a, len(col_top) + len(block_top)), dim=0).values
+    return r_a, col_top.mean(dim=0).numpy()
+
+
+def mutual_csls_pairs(ta: np.ndarray, b: np.ndarray, k: int = 10, block: int = 2048, terms=None):
+    """Mutual nearest neighbours under CSLS (Conneau et al. 2018) between the
+    translated old points ``ta`` and the new points ``b`` (``terms``: their
+    csls_terms, when the caller has them). Returns (rows of ta, rows of b,
+    their CSLS scores)."""
+    r_a, r_b = terms if terms is not None else csls_terms(ta, b, k, block)
+    fwd = np.empty(len(ta), np.int64)
+    fwd_score = np.empty(len(ta), np.float32)
+    bwd_best = np.full(len(b), -np.inf, np.float32)
+    bwd = np.zeros(len(b), np.int64)
+    for s in range(0, len(ta), block):
+        csls = 2 * (ta[s:s + block] @ b.T) - r_a[s:s + block, None] - r_b[None, :]
+        fwd[s:s + block] = np.argmax(csls, axis=1)
+        fwd_score[s:s + block] = csls[np.arange(len(csls)), fwd[s:s + block]]
+        col_best = np.argmax(csls, axis=0)
+        col_val = csls[col_best, np.arange(len(b))]
+        better = col_val > bwd_best
+        bwd_best[better], bwd[better] = col_val[better], col_best[better] + s
+    rows = np.arange(len(ta))
+    mutual = bwd[fwd] == rows
+    return rows[mutual], fwd[mutual], fwd_score[mutual]
+
+
+def refine(xo, xn, w, iterations: int = 10, anchors=None, anchor_weight: float = 1.0,
+           k: int = 10, seed: int = 0, max_points: int = 20000):
+    """Procrustes on mutual CSLS nearest neighbours, repeated (MUSE refinement).
+    ``anchors`` = (old, new) known pairs that always stay in the dictionary.
+    Returns (w, history of the mutual-NN rate)."""
+    rng = np.random.default_rng(seed)
+    xo = xo[rng.permutation(len(xo))[:max_points]]
+    xn = xn[rng.permutation(len(xn))[:max_points]]
+    history = []
+    for _ in range(iterations):
+        i, j, _ = mutual_csls_pairs(xo @ w, xn, k)
+        history.append(len(i) / len(xo))
+        a, b, wt = xo[i], xn[j], np.ones(len(i), np.float32)
+        if anchors is not None:
+            a = np.concatenate([a, anchors[0]])
+            b = np.concatenate([b, anchors[1]])
+            wt = np.concatenate([wt, np.full(len(anchors[0]), anchor_weight, np.float32)])
+        if len(a) < 2:
+            break
+        w = orthogonal_map(a, b, wt)
+    return w, history
+
+
+def icp_refine(xo, xn, w, iterations: int, batch: int, k: int, rng, damping: float = 0.5,
+               pool: int = 10000):
+    """mini-vec2vec's first refinement: map a random batch, pair each point with
+    the mean of its k nearest new points (among a random pool of the new
+    sample, which halves the cost at 20k), Procrustes, damped update."""
+    for _ in range(iterations):
+        b = xo[rng.choice(len(xo), min(batch, len(xo)), replace=False)]
+        p = xn[rng.choice(len(xn), pool, replace=False)] if len(xn) > pool else xn
+        target = _normalise(topk_mean(b @ w, p, k))
+        w = nearest_orthogonal((1 - damping) * w + damping * orthogonal_map(b, target))
+    return w
+
+
+def translation_score(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Cosine and top-1 among the given rows (for held-out *pairs*)."""
+    p, t = _normalise(pred), _normalise(true)
+    sims = p @ t.T
+    return {"cos": float(np.mean(np.sum(p * t, axis=1))),
+            "top1": float(np.mean(np.argmax(sims, axis=1) == np.arange(len(p))))}
