@@ -50,10 +50,20 @@ def plan(source: str, to_model: str, *, output="plan.toml", texts: str = "", tex
     queries; ``group_field`` names the payload field whose points are siblings.
     Without either, a field that looks like a grouping is proposed (commented
     out) in the plan."""
+    src_uri = parse_uri(source)
+    with open_collection(src_uri) as src:  # closed when the plan is written, or on an error
+        return _plan(src_uri, src, to_model, output=output, texts=texts, text_column=text_column,
+                     text_field=text_field, from_model=from_model, target=target,
+                     live_name=live_name, method=method, sample_old=sample_old,
+                     sample_new=sample_new, pairs=pairs, queries=queries, checkpoint=checkpoint,
+                     qrels=qrels, group_field=group_field, baseline=baseline, strategy=strategy)
+
+
+def _plan(src_uri, src, to_model: str, *, output, texts, text_column, text_field, from_model,
+          target, live_name, method, sample_old, sample_new, pairs, queries, checkpoint, qrels,
+          group_field, baseline, strategy) -> dict:
     from .encoders import open_encoder
 
-    src_uri = parse_uri(source)
-    src = open_collection(src_uri)
     info = src.describe()
     if info.count == 0:
         raise DataError(f"source collection '{src_uri.collection}' is empty",

@@ -16,7 +16,7 @@ import pytest
 
 from embedmigrate import commands
 from embedmigrate.connectors.chroma import ChromaConnector
-from embedmigrate.errors import ConflictError
+from embedmigrate.errors import ConflictError, UsageError
 from embedmigrate.job import Job
 from embedmigrate.plan import load_plan
 from fault_helpers import make_job
@@ -120,3 +120,15 @@ def test_job_closes_what_it_opened_on_an_exception(chroma_job, opened):
     assert opened.by_command() == {source: 1, source + "_new": 1}
     assert not opened.left_open()
     assert not (job.plan.with_name("plan.state") / "lock").exists()
+
+
+def test_plan_closes_the_source_it_inspected(chroma_job, tmp_path, opened):
+    _, source = chroma_job
+    uri = load_plan(chroma_job[0].plan).source.uri
+    out = commands.plan(uri, "minilm", output=tmp_path / "p2.toml")
+    assert out["plan"] and opened.by_command() == {source: 1}, opened.made
+    assert not opened.left_open()
+    opened.reset()
+    with pytest.raises(UsageError, match="no texts for the new model"):  # refused after inspecting
+        commands.plan(uri, "minilm", output=tmp_path / "p3.toml", text_field="")
+    assert opened.by_command() == {source: 1} and not opened.left_open(), opened.made
