@@ -43,8 +43,9 @@ import numpy as np
 
 from ..errors import DataError, MissingDependencyError
 from .base import _normalise
-from .affine import (_AffineMap, centre_normalise, csls_terms, icp_refine, mutual_csls_pairs,
-                     nearest_orthogonal, orthogonal_map, refine, side_stats, topk_indices)
+from .affine import (_AffineMap, centre_normalise, csls_terms, icp_refine, mean_of_rows,
+                     mutual_csls_pairs, nearest_orthogonal, orthogonal_map, refine, shared_sims, side_stats,
+                     topk_indices)
 
 
 # --- small building blocks ----------------------------------------------------------------
@@ -127,7 +128,7 @@ def pseudo_pairs(xo, xn, ao, an, k: int, max_points: int, rng):
     ro, rn = relative(xo[idx], ao), relative(xn, an)
     out = np.empty((len(idx), xn.shape[1]), np.float32)
     for s in range(0, len(idx), 2048):
-        out[s:s + 2048] = xn[topk_indices(ro[s:s + 2048] @ rn.T, min(k, len(xn)))].mean(axis=1)
+        out[s:s + 2048] = mean_of_rows(xn, topk_indices(ro[s:s + 2048] @ rn.T, min(k, len(xn))))
     return xo[idx], _normalise(out)
 
 
@@ -138,8 +139,9 @@ def fit_score(xo: np.ndarray, xn: np.ndarray, w: np.ndarray, k: int = 10) -> dic
     mean similarity of a translated point to its k nearest new points, and the
     share of translated points that are mutual CSLS neighbours of a new point."""
     t = xo @ w
-    terms = csls_terms(t, xn, k)
-    i, _, csls = mutual_csls_pairs(t, xn, k, terms=terms)
+    sims = shared_sims(t, xn)
+    terms = csls_terms(t, xn, k, sims=sims)
+    i, _, csls = mutual_csls_pairs(t, xn, k, terms=terms, sims=sims)
     return {"knn_sim": float(terms[0].mean()),
             "mutual_nn": float(len(i) / len(xo)),
             "csls": float(csls.mean()) if len(csls) else 0.0}
