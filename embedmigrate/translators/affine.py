@@ -256,9 +256,19 @@ def icp_refine(xo, xn, w, iterations: int, batch: int, k: int, rng, damping: flo
     for _ in range(iterations):
         b = xo[rng.choice(len(xo), min(batch, len(xo)), replace=False)]
         p = xn[rng.choice(len(xn), pool, replace=False)] if len(xn) > pool else xn
-        target = _normalise(topk_mean(b @ w, p, k))
+        target = _normalise(mean_of_rows(p, topk_indices(mapped_sims(b, w, p), min(k, len(p)))))
         w = nearest_orthogonal((1 - damping) * w + damping * orthogonal_map(b, target))
     return w
+
+
+def mapped_sims(x: np.ndarray, w: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """(x @ w) @ pool.T, or x @ (pool @ w.T).T when that is fewer operations
+    (mapping into a wider space: 6.8 instead of 8.0 GFLOP per ICP step at
+    MiniLM 384 -> MPNet 768 with a 1,000 batch and a 10,000 pool)."""
+    (n, d_in), d_out, m = x.shape, w.shape[1], len(pool)
+    if n * d_in * d_out + n * d_out * m <= m * d_out * d_in + n * d_in * m:
+        return (x @ w) @ pool.T
+    return x @ (pool @ w.T).T
 
 
 def translation_score(pred: np.ndarray, true: np.ndarray) -> dict:

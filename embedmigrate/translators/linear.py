@@ -153,10 +153,12 @@ def knn_and_best_csls(queries: np.ndarray, pool: np.ndarray, k: int = 10,
     and the CSLS score (Conneau et al. 2018) of its best pool match: how much
     closer it is than the two neighbourhoods' typical similarity (a query lost
     in a crowd, or matched to a hub, scores ~0). Both from one csls_terms pass."""
-    r_q, r_p = csls_terms(queries, pool, k)
+    sims = shared_sims(queries, pool)
+    r_q, r_p = csls_terms(queries, pool, k, sims=sims)
     out = np.empty(len(queries), np.float64)
     for s in range(0, len(queries), block):
-        out[s:s + block] = np.max(2 * (queries[s:s + block] @ pool.T) - r_p[None, :], axis=1)
+        block_sims = sims[s:s + block] if sims is not None else queries[s:s + block] @ pool.T
+        out[s:s + block] = np.max(2 * block_sims - r_p[None, :], axis=1)
     return r_q.astype(np.float64), out - r_q
 
 
