@@ -43,8 +43,9 @@ import numpy as np
 
 from ..errors import DataError, MissingDependencyError
 from .base import _normalise
-from .affine import (_AffineMap, centre_normalise, csls_terms, icp_refine, mutual_csls_pairs,
-                     nearest_orthogonal, orthogonal_map, refine, side_stats, topk_indices)
+from .affine import (_AffineMap, centre_normalise, csls_terms, icp_refine, mean_of_rows,
+                     mutual_csls_pairs, nearest_orthogonal, orthogonal_map, refine, shared_sims, side_stats,
+                     topk_indices)
 
 
 # --- small building blocks ----------------------------------------------------------------
@@ -78,18 +79,60 @@ def similarity_graph(c: np.ndarray) -> np.ndarray:
 def match_graphs(a: np.ndarray, b: np.ndarray, restarts: int, rng) -> tuple[np.ndarray, float]:
     """Permutation p maximising trace(a P b P^T) (quadratic assignment, 2-opt
     from random starts). Returns (p, correlation of a with b[p][:, p])."""
-    from scipy.optimize import quadratic_assignment
-
-    best = None
+    best_p, best_fun = None, None
     for _ in range(restarts):
         seed = int(rng.integers(2**31))
-        res = quadratic_assignment(a, b, method="2opt",
-                                   options={"maximize": True, "rng": np.random.default_rng(seed),
-                                            "partial_guess": None})
-        if best is None or res.fun > best.fun:
-            best = res
-    p = best.col_ind
-    return p, float(np.corrcoef(a.ravel(), b[p][:, p].ravel())[0, 1])
+        p, fun = qap_2opt(a, b, np.random.default_rng(seed))
+        if best_p is None or fun > best_fun:
+            best_p, best_fun = p, fun
+    return best_p, float(np.corrcoef(a.ravel(), b[best_p][:, best_p].ravel())[0, 1])
+
+
+def qap_2opt(a: np.ndarray, b: np.ndarray, rng) -> tuple[np.ndarray, float]:
+    """scipy's quadratic_assignment(a, b, method="2opt", maximize=True) with
+    the same result (same start, same first-improvement scan over the swaps
+    (i, j), i < j, in order, same exact score test), ~3x faster: the score
+    change of every swap comes from two matrix products at once, and only
+    swaps that may improve (change > -tol, far above float32 rounding) get
+    scipy's exact score. scipy rescored the full matrix for every swap in
+    Python: 1.1 M calls, 7.7 s of an 80 s fit (tests/test_translators_linear.py
+    checks the two agree)."""
+    n = len(a)
+    perm = rng.permutation(np.arange(n))
+    best = np.sum(a * b[perm][:, perm])
+    iu, ju = np.triu_indices(n, 1)  # swapping an entry with itself changes nothing
+    a64 = a.astype(np.float64)
+    tol = 1e-5 * float(np.abs(a64).sum() * np.abs(b).max()) + 1e-12
+    while True:
+        delta = _swap_gains(a64, b[perm][:, perm].astype(np.float64))
+        for t in np.flatnonzero(delta[iu, ju] > -tol):
+            i, j = iu[t], ju[t]
+            perm[i], perm[j] = perm[j], perm[i]
+            score = np.sum(a * b[perm][:, perm])
+            if score > best:
+                best = score
+                break
+            perm[i], perm[j] = perm[j], perm[i]
+        else:
+            return perm, best
+
+
+def _swap_gains(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """g[i, j] = sum(a * c') - sum(a * c), c' = c with rows i, j and columns
+    i, j swapped: the rows' and the columns' terms (each with the 2 x 2 block
+    removed) plus the block's own change."""
+    x, y = a @ c.T, a.T @ c
+    dx, dy = np.diag(x), np.diag(y)
+    rows = x + x.T - dx[:, None] - dx[None, :]
+    cols = y + y.T - dy[:, None] - dy[None, :]
+    ad, cd = np.diag(a), np.diag(c)
+    # remove b = i, j from the rows' sums and a = i, j from the columns' sums
+    rows -= (ad[:, None] - a.T) * (c.T - cd[:, None])       # b = i: (a_ii - a_ji)(c_ji - c_ii)
+    rows -= (a - ad[None, :]) * (cd[None, :] - c)           # b = j: (a_ij - a_jj)(c_jj - c_ij)
+    cols -= (ad[:, None] - a) * (c - cd[:, None])           # a = i: (a_ii - a_ij)(c_ij - c_ii)
+    cols -= (a.T - ad[None, :]) * (cd[None, :] - c.T)       # a = j: (a_ji - a_jj)(c_jj - c_ji)
+    block = (ad[:, None] - ad[None, :]) * (cd[None, :] - cd[:, None]) + (a - a.T) * (c.T - c)
+    return rows + cols + block
 
 
 def discover_anchors(xo, xn, runs: int, clusters: int, qap_restarts: int, subsample: int, rng):
@@ -127,7 +170,7 @@ def pseudo_pairs(xo, xn, ao, an, k: int, max_points: int, rng):
     ro, rn = relative(xo[idx], ao), relative(xn, an)
     out = np.empty((len(idx), xn.shape[1]), np.float32)
     for s in range(0, len(idx), 2048):
-        out[s:s + 2048] = xn[topk_indices(ro[s:s + 2048] @ rn.T, min(k, len(xn)))].mean(axis=1)
+        out[s:s + 2048] = mean_of_rows(xn, topk_indices(ro[s:s + 2048] @ rn.T, min(k, len(xn))))
     return xo[idx], _normalise(out)
 
 
@@ -138,8 +181,9 @@ def fit_score(xo: np.ndarray, xn: np.ndarray, w: np.ndarray, k: int = 10) -> dic
     mean similarity of a translated point to its k nearest new points, and the
     share of translated points that are mutual CSLS neighbours of a new point."""
     t = xo @ w
-    terms = csls_terms(t, xn, k)
-    i, _, csls = mutual_csls_pairs(t, xn, k, terms=terms)
+    sims = shared_sims(t, xn)
+    terms = csls_terms(t, xn, k, sims=sims)
+    i, _, csls = mutual_csls_pairs(t, xn, k, terms=terms, sims=sims)
     return {"knn_sim": float(terms[0].mean()),
             "mutual_nn": float(len(i) / len(xo)),
             "csls": float(csls.mean()) if len(csls) else 0.0}
@@ -151,10 +195,12 @@ def knn_and_best_csls(queries: np.ndarray, pool: np.ndarray, k: int = 10,
     and the CSLS score (Conneau et al. 2018) of its best pool match: how much
     closer it is than the two neighbourhoods' typical similarity (a query lost
     in a crowd, or matched to a hub, scores ~0). Both from one csls_terms pass."""
-    r_q, r_p = csls_terms(queries, pool, k)
+    sims = shared_sims(queries, pool)
+    r_q, r_p = csls_terms(queries, pool, k, sims=sims)
     out = np.empty(len(queries), np.float64)
     for s in range(0, len(queries), block):
-        out[s:s + block] = np.max(2 * (queries[s:s + block] @ pool.T) - r_p[None, :], axis=1)
+        block_sims = sims[s:s + block] if sims is not None else queries[s:s + block] @ pool.T
+        out[s:s + block] = np.max(2 * block_sims - r_p[None, :], axis=1)
     return r_q.astype(np.float64), out - r_q
 
 
