@@ -979,33 +979,7 @@ def rollback(plan: Plan | str) -> dict:
         job.target.rollback(record)
         state.update(stage="rolled_back", cutover=None, rolled_back=record, rolled_back_at=time.time())
         return {"rolled_back": True, "live_name": plan.target.live_name, "record": record,
-                "outcome": _rollback_outcome(record)}
-
-
-def _rollback_outcome(record: dict) -> str:
-    """What the rollback did, in words, from the cutover record it undid: the live name
-    serves the old collection again, or, where no collection had it before the
-    cutover (a Qdrant alias the cutover created), the name is gone."""
-    engine = record.get("engine")
-    if engine == "qdrant":
-        live, previous, ours = record["live_name"], record.get("previous"), record["collection"]
-        if previous:
-            return f"alias '{live}' points at '{previous}' again; '{ours}' is kept"
-        return (f"alias '{live}' removed: the cutover had created it, nothing used it before; "
-                f"'{ours}' is kept")
-    if engine == "chroma":
-        live, new, retired = record["live_name"], record["new_name"], record.get("retired_name")
-        if retired:
-            return f"'{live}' is the old collection again; the migrated one is '{new}' again"
-        return (f"the migrated collection is '{new}' again; no collection was called '{live}' "
-                "before the cutover, so none is now")
-    if engine == "postgres":
-        live, migrated, retired = record["live"], record["migrated"], record.get("retired")
-        if retired:
-            return f"table '{live}' is the old table again; the migrated one is '{migrated}' again"
-        return (f"the migrated table is '{migrated}' again; no table was called '{live}' before "
-                "the cutover, so none is now")
-    return f"the cutover recorded as {json.dumps(record, default=str)} is undone"
+                "outcome": job.target.rollback_outcome(record)}
 
 
 def cleanup(plan: Plan | str, *, drop_old: bool = False, drop_target: bool = False,

@@ -119,7 +119,9 @@ def test_plan_train_apply_rollback(engine_name, request, corpus, tmp_path, fresh
             if f.is_file():
                 assert password.encode() not in f.read_bytes(), f
 
-    commands.rollback(plan_path)
+    undone = commands.rollback(plan_path)
+    # each engine says in words what serves the live name now (never the raw record)
+    assert live in undone["outcome"] and "recorded as" not in undone["outcome"], undone
     back = read_by_id(engine.uri(live))
     np.testing.assert_allclose(np.stack([back[k][0] for k in some]),
                                np.stack([source[k][0] for k in some]), atol=1e-6)

@@ -8,6 +8,8 @@ written once against these methods.
 
 from __future__ import annotations
 
+import json
+
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
@@ -117,6 +119,12 @@ class Connector(ABC):
         """The collection that served before the cutover ``record`` describes (what
         ``cleanup --drop-old`` deletes), or None if nothing did."""
         return record.get("previous")
+
+    @classmethod
+    def rollback_outcome(cls, record: dict) -> str:
+        """What rolling back the cutover ``record`` did, in words: the live name serves
+        the old collection again, or, where nothing had the name before, it is gone."""
+        return f"the cutover recorded as {json.dumps(record, default=str)} is undone"
 
     # --- reading -------------------------------------------------------------
     @abstractmethod

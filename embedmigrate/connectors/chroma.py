@@ -100,6 +100,14 @@ class ChromaConnector(Connector):
         return f"rename: '{live}' -> '{live}__pre_<time>', then '{target}' -> '{live}'"
 
     @classmethod
+    def rollback_outcome(cls, record: dict) -> str:
+        live, new, retired = record["live_name"], record["new_name"], record.get("retired_name")
+        if retired:
+            return f"'{live}' is the old collection again; the migrated one is '{new}' again"
+        return (f"the migrated collection is '{new}' again; no collection was called '{live}' "
+                "before the cutover, so none is now")
+
+    @classmethod
     def retired_collection(cls, record: dict) -> str | None:
         return record.get("retired_name")  # the live collection's name after the rename
 

@@ -183,6 +183,14 @@ class PostgresConnector(Connector):
                 f"ALTER TABLE {target} RENAME TO {live}")
 
     @classmethod
+    def rollback_outcome(cls, record: dict) -> str:
+        live, migrated, retired = record["live"], record["migrated"], record.get("retired")
+        if retired:
+            return f"table '{live}' is the old table again; the migrated one is '{migrated}' again"
+        return (f"the migrated table is '{migrated}' again; no table was called '{live}' before "
+                "the cutover, so none is now")
+
+    @classmethod
     def retired_collection(cls, record: dict) -> str | None:
         return record.get("retired")  # the live table's name after the rename
 

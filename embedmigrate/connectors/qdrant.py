@@ -243,6 +243,14 @@ class QdrantConnector(Connector):
         return f"atomic alias switch: alias '{live}' -> collection '{target}'"
 
     @classmethod
+    def rollback_outcome(cls, record: dict) -> str:
+        live, previous, ours = record["live_name"], record.get("previous"), record["collection"]
+        if previous:
+            return f"alias '{live}' points at '{previous}' again; '{ours}' is kept"
+        return (f"alias '{live}' removed: the cutover had created it, nothing used it before; "
+                f"'{ours}' is kept")
+
+    @classmethod
     def retired_collection(cls, record: dict) -> str | None:
         return record.get("previous")  # the collection the alias named before
 

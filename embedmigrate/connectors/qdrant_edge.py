@@ -213,6 +213,14 @@ class QdrantEdgeConnector(Connector):
                 "(os.replace); the application loads the link")
 
     @classmethod
+    def rollback_outcome(cls, record: dict) -> str:
+        live, previous, ours = record["live_name"], record.get("previous"), record["collection"]
+        if previous:
+            return f"link '{live}' names shard '{previous}' again; '{ours}' is kept"
+        return (f"link '{live}' removed: the cutover had created it, nothing used it before; "
+                f"'{ours}' is kept")
+
+    @classmethod
     def retired_collection(cls, record: dict) -> str | None:
         return record.get("previous")  # the shard the link named before
 
